@@ -1,0 +1,22 @@
+//! # Weir
+//!
+//! A dataflow host: records flow from a source through WebAssembly transformation stages into
+//! sinks, as declared in a pipeline file.
+//!
+//! # Layout
+//!
+//! - [`pipeline`]: the pipeline file — typed spec, parsing with locations, checking, wiring.
+//! - [`runtime`]: running a pipeline — tasks, bounded channels, checkpoint barriers, progress.
+//! - [`sources`]: built-in sources (`generator`, `file`).
+//! - [`plugin`]: the wasmtime embedding — compile cache, sandbox limits, trap containment.
+//! - [`record`]: record batches in the columnar layout shared with plugins.
+//! - [`sinks`]: built-in sinks (`parquet`, `jsonl`, `stdout`, `null`).
+//!
+//! `main.rs` is a thin command line over [`pipeline::load`] and [`runtime::run`].
+
+pub mod pipeline;
+pub mod plugin;
+pub mod record;
+pub mod runtime;
+pub mod sinks;
+pub mod sources;

@@ -1,0 +1,594 @@
+//! Pipeline files: parsing ([`spec`]), checking, and resolving them into a [`Pipeline`] ready
+//! to run, with its plugins compiled and initialised.
+//!
+//! Every problem is reported as `FILE:LINE:COLUMN: what was expected`, and all the problems
+//! of a file are reported together, so a user fixes them in one pass.
+
+pub mod spec;
+
+use std::{
+    collections::{HashMap, HashSet},
+    fmt,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde_saphyr::{Location, Spanned};
+
+use crate::plugin::{Limits, PluginHost, StageRunner};
+pub use spec::PipelineSpec;
+use spec::{SinkKind, SourceSpec};
+
+/// The file format version this build reads.
+pub const VERSION: u32 = 1;
+
+/// One problem in a pipeline file, with its place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpecError {
+    /// The pipeline file.
+    pub file: PathBuf,
+    /// 1-based line, or 0 when the problem has no single place.
+    pub line: u64,
+    /// 1-based column, or 0.
+    pub column: u64,
+    /// What is wrong and what was expected.
+    pub message: String,
+}
+
+impl fmt::Display for SpecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}: {}", self.file.display(), self.message)
+        } else {
+            write!(
+                f,
+                "{}:{}:{}: {}",
+                self.file.display(),
+                self.line,
+                self.column,
+                self.message
+            )
+        }
+    }
+}
+
+/// Every problem found in a pipeline file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct SpecErrors(pub Vec<SpecError>);
+
+impl fmt::Display for SpecErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Where a sink's records come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Route {
+    /// The source's records, before any stage.
+    Source,
+    /// Output `output` of stage `stage` (0 is the default output).
+    Stage {
+        /// Index of the stage.
+        stage: usize,
+        /// Index of the output: 0 for the default, `n` for the stage's n-th named output.
+        output: u32,
+    },
+    /// Dead letters from anywhere in the pipeline.
+    Dlq,
+}
+
+/// A stage ready to run.
+pub struct Stage {
+    /// The stage's name.
+    pub name: String,
+    /// Its running instance (initialised, so its outputs are known).
+    pub runner: StageRunner,
+}
+
+/// A sink with its input resolved.
+#[derive(Debug)]
+pub struct Sink {
+    /// The sink's name.
+    pub name: String,
+    /// What it reads.
+    pub route: Route,
+    /// The `input:` as written, for messages.
+    pub input: String,
+    /// Type and settings; relative paths in them are relative to [`Pipeline::dir`].
+    pub kind: SinkKind,
+}
+
+/// A checked pipeline, with its plugins compiled and initialised.
+pub struct Pipeline {
+    /// The pipeline's name.
+    pub name: String,
+    /// The file it was read from.
+    pub file: PathBuf,
+    /// The folder relative paths in the file start from.
+    pub dir: PathBuf,
+    /// The source.
+    pub source: SourceSpec,
+    /// The stages, in order.
+    pub stages: Vec<Stage>,
+    /// The sinks.
+    pub sinks: Vec<Sink>,
+    /// Time between checkpoints.
+    pub checkpoint_interval: Duration,
+}
+
+impl Pipeline {
+    /// Resolves a path written in the pipeline file.
+    pub fn resolve(&self, path: &str) -> PathBuf {
+        self.dir.join(path)
+    }
+}
+
+/// Reads and parses a pipeline file, without checking what it refers to.
+pub fn parse(file: &Path) -> Result<PipelineSpec, SpecErrors> {
+    let text = std::fs::read_to_string(file).map_err(|e| {
+        SpecErrors(vec![SpecError {
+            file: file.into(),
+            line: 0,
+            column: 0,
+            message: format!("cannot read the file: {e}"),
+        }])
+    })?;
+    parse_str(file, &text)
+}
+
+/// Parses pipeline text; `file` is used in messages.
+pub fn parse_str(file: &Path, text: &str) -> Result<PipelineSpec, SpecErrors> {
+    serde_saphyr::from_str::<PipelineSpec>(text).map_err(|e| {
+        let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
+        SpecErrors(vec![SpecError {
+            file: file.into(),
+            line,
+            column,
+            message: plain_message(&e.to_string()),
+        }])
+    })
+}
+
+/// The parser's message without its own `error: line N column M:` prefix and source snippet.
+fn plain_message(rendered: &str) -> String {
+    let first = rendered.lines().next().unwrap_or(rendered).trim();
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    match first
+        .strip_prefix("line ")
+        .and_then(|rest| rest.split_once(": "))
+    {
+        Some((place, message)) if place.contains(" column ") => message.to_string(),
+        _ => first.to_string(),
+    }
+}
+
+/// Parses and checks a pipeline file, compiling and initialising its plugins.
+pub fn load(file: &Path, host: &PluginHost) -> Result<Pipeline, SpecErrors> {
+    let spec = parse(file)?;
+    check(file, spec, host)
+}
+
+/// Collects problems with their places.
+struct Problems<'a> {
+    file: &'a Path,
+    found: Vec<SpecError>,
+}
+
+impl Problems<'_> {
+    fn at(&mut self, location: &Location, message: impl Into<String>) {
+        self.found.push(SpecError {
+            file: self.file.into(),
+            line: location.line(),
+            column: location.column(),
+            message: message.into(),
+        });
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// Checks a parsed pipeline and resolves it.
+pub fn check(file: &Path, spec: PipelineSpec, host: &PluginHost) -> Result<Pipeline, SpecErrors> {
+    let dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
+    // Absolute, so that the paths a run prints can be pasted anywhere.
+    let dir = std::fs::canonicalize(if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        &dir
+    })
+    .unwrap_or(dir);
+    let mut problems = Problems {
+        file,
+        found: Vec::new(),
+    };
+
+    if spec.version.value != VERSION {
+        problems.at(
+            &spec.version.referenced,
+            format!(
+                "unsupported version {}: this build of weir reads version {VERSION}",
+                spec.version.value
+            ),
+        );
+    }
+    if !valid_name(&spec.name.value) {
+        problems.at(
+            &spec.name.referenced,
+            "a pipeline name uses only letters, digits, `-` and `_`",
+        );
+    }
+    check_source(&spec.source, &dir, &mut problems);
+
+    // Stages: names, plugins, config, limits; the plugins are compiled and initialised here.
+    let mut stages = Vec::new();
+    let mut names: HashMap<String, usize> = HashMap::new();
+    for (index, stage) in spec.stages.iter().enumerate() {
+        let name = &stage.name.value;
+        if !valid_name(name) || name == "source" || name == "dlq" {
+            problems.at(
+                &stage.name.referenced,
+                "a stage name uses only letters, digits, `-` and `_`, and is not `source` or `dlq`",
+            );
+        } else if names.insert(name.clone(), index).is_some() {
+            problems.at(
+                &stage.name.referenced,
+                format!("there is already a stage named `{name}`"),
+            );
+        }
+        if let Some(runner) = start_stage(stage, &dir, host, &mut problems) {
+            stages.push(Stage {
+                name: name.clone(),
+                runner,
+            });
+        }
+    }
+    let all_stages_started = stages.len() == spec.stages.len();
+
+    // Sinks: names, inputs, and that every output goes somewhere.
+    let mut sinks = Vec::new();
+    let mut sink_names = HashSet::new();
+    let mut read: HashSet<Route> = HashSet::new();
+    if spec.sinks.value.is_empty() {
+        problems.at(&spec.sinks.referenced, "a pipeline needs at least one sink");
+    }
+    for sink in spec.sinks.value {
+        if !valid_name(&sink.name.value) {
+            problems.at(
+                &sink.name.referenced,
+                "a sink name uses only letters, digits, `-` and `_`",
+            );
+        } else if !sink_names.insert(sink.name.value.clone()) {
+            problems.at(
+                &sink.name.referenced,
+                format!("there is already a sink named `{}`", sink.name.value),
+            );
+        }
+        let route = resolve_input(
+            &sink.input,
+            &names,
+            &stages,
+            all_stages_started,
+            &mut problems,
+        );
+        if let SinkKind::Parquet(parquet) = &sink.kind.value {
+            if route == Some(Route::Dlq) {
+                problems.at(
+                    &sink.input.referenced,
+                    "dead letters can be any bytes, and a parquet sink takes JSON objects: send `dlq` to a `jsonl` or `stdout` sink",
+                );
+            }
+            check_parquet(parquet, &mut problems);
+        }
+        if let Some(route) = route {
+            read.insert(route);
+            sinks.push(Sink {
+                name: sink.name.value,
+                route,
+                input: sink.input.value,
+                kind: sink.kind.value,
+            });
+        }
+    }
+
+    // Nothing may be dropped on the floor: the last output in the chain, every named output
+    // and the dead letters must each reach a sink.
+    if all_stages_started && problems.found.is_empty() {
+        let last = match stages.len() {
+            0 => Route::Source,
+            n => Route::Stage {
+                stage: n - 1,
+                output: 0,
+            },
+        };
+        if !read.contains(&last) {
+            let what = stages
+                .last()
+                .map_or("the source".to_string(), |s| format!("stage `{}`", s.name));
+            let input = stages
+                .last()
+                .map_or("source".to_string(), |s| s.name.clone());
+            problems.at(
+                &spec.sinks.referenced,
+                format!("the records of {what} go nowhere: add a sink with `input: {input}`"),
+            );
+        }
+        for (index, stage) in stages.iter().enumerate() {
+            for (n, output) in stage.runner.outputs().iter().enumerate() {
+                if !read.contains(&Route::Stage {
+                    stage: index,
+                    output: n as u32 + 1,
+                }) {
+                    problems.at(
+                        &spec.stages[index].name.referenced,
+                        format!(
+                            "output `{0}.{output}` of stage `{0}` is not wired: add a sink with `input: {0}.{output}`",
+                            stage.name
+                        ),
+                    );
+                }
+            }
+        }
+        let may_reject =
+            !stages.is_empty() || sinks.iter().any(|s| matches!(s.kind, SinkKind::Parquet(_)));
+        if may_reject && !read.contains(&Route::Dlq) {
+            problems.at(
+                &spec.sinks.referenced,
+                "dead letters are not wired: add a sink with `input: dlq` (records that fail are kept there, never dropped)",
+            );
+        }
+    }
+
+    if !problems.found.is_empty() {
+        return Err(SpecErrors(problems.found));
+    }
+    let source = spec.source.value;
+    Ok(Pipeline {
+        name: spec.name.value,
+        file: file.into(),
+        dir,
+        source,
+        stages,
+        sinks,
+        checkpoint_interval: spec.checkpoint.interval.value.0,
+    })
+}
+
+fn check_source(source: &Spanned<SourceSpec>, dir: &Path, problems: &mut Problems) {
+    match &source.value {
+        SourceSpec::Generator(g) => {
+            if g.batch_size.value == 0 {
+                problems.at(&g.batch_size.referenced, "batch_size must be at least 1");
+            }
+            for rate in [&g.rate_per_sec, &g.events_per_sec].into_iter().flatten() {
+                if rate.value == 0 {
+                    problems.at(
+                        &rate.referenced,
+                        "a rate must be at least 1 per second (leave it out for no limit)",
+                    );
+                }
+            }
+            if let Some(symbols) = &g.symbols {
+                if symbols.value.is_empty() || symbols.value.iter().any(|s| s.is_empty()) {
+                    problems.at(
+                        &symbols.referenced,
+                        "symbols must be a non-empty list of non-empty names",
+                    );
+                }
+            }
+        }
+        SourceSpec::File(f) => {
+            if f.batch_size.value == 0 {
+                problems.at(&f.batch_size.referenced, "batch_size must be at least 1");
+            }
+            let path = dir.join(&f.path.value);
+            if !path.is_file() {
+                problems.at(
+                    &f.path.referenced,
+                    format!(
+                        "input file `{}` not found (looked at {})",
+                        f.path.value,
+                        path.display()
+                    ),
+                );
+            }
+        }
+    }
+}
+
+fn check_parquet(parquet: &spec::ParquetSinkSpec, problems: &mut Problems) {
+    if parquet.schema.value.is_empty() {
+        problems.at(
+            &parquet.schema.referenced,
+            "a parquet schema needs at least one column",
+        );
+    }
+    let mut seen = HashSet::new();
+    for column in &parquet.schema.value {
+        if !seen.insert(column.name.value.to_ascii_lowercase()) {
+            problems.at(
+                &column.name.referenced,
+                format!(
+                    "column `{}` appears twice (names are compared without case)",
+                    column.name.value
+                ),
+            );
+        }
+    }
+    if let Some(max) = &parquet.max_file_bytes {
+        if max.value < 1 << 20 {
+            problems.at(
+                &max.referenced,
+                "max_file_bytes must be at least 1048576 (1 MiB)",
+            );
+        }
+    }
+}
+
+fn start_stage(
+    stage: &spec::StageSpec,
+    dir: &Path,
+    host: &PluginHost,
+    problems: &mut Problems,
+) -> Option<StageRunner> {
+    let config = match &stage.config {
+        None => "{}".to_string(),
+        Some(c) if c.value.is_object() => c.value.to_string(),
+        Some(c) if c.value.is_null() => "{}".to_string(),
+        Some(c) => {
+            problems.at(&c.referenced, "a stage's config is a map of settings");
+            return None;
+        }
+    };
+    let mut limits = Limits::default();
+    if let Some(mib) = &stage.limits.memory_mib {
+        if mib.value == 0 || mib.value > 4096 {
+            problems.at(&mib.referenced, "memory_mib must be between 1 and 4096");
+            return None;
+        }
+        limits.memory_bytes = (mib.value as usize) << 20;
+    }
+    if let Some(timeout) = &stage.limits.call_timeout {
+        if timeout.value.0 < Duration::from_millis(10) {
+            problems.at(&timeout.referenced, "call_timeout must be at least 10ms");
+            return None;
+        }
+        limits.call_timeout = timeout.value.0;
+    }
+    if let Some(fuel) = &stage.limits.fuel_per_call {
+        if fuel.value == 0 {
+            problems.at(
+                &fuel.referenced,
+                "fuel_per_call must be at least 1 (leave it out for no metering)",
+            );
+            return None;
+        }
+        limits.fuel_per_call = Some(fuel.value);
+    }
+    let path = dir.join(&stage.plugin.value);
+    if !path.is_file() {
+        problems.at(
+            &stage.plugin.referenced,
+            format!(
+                "plugin `{}` not found (looked at {})",
+                stage.plugin.value,
+                path.display()
+            ),
+        );
+        return None;
+    }
+    let started = host
+        .load(&path, limits.fuel_per_call.is_some())
+        .and_then(|plugin| StageRunner::start(&stage.name.value, plugin, config, limits));
+    match started {
+        Ok(runner) => Some(runner),
+        Err(e) => {
+            let at = match e {
+                crate::plugin::PluginError::Init { .. } => stage
+                    .config
+                    .as_ref()
+                    .map_or(&stage.name.referenced, |c| &c.referenced),
+                _ => &stage.plugin.referenced,
+            };
+            problems.at(at, e.to_string());
+            None
+        }
+    }
+}
+
+fn resolve_input(
+    input: &Spanned<String>,
+    names: &HashMap<String, usize>,
+    stages: &[Stage],
+    stages_known: bool,
+    problems: &mut Problems,
+) -> Option<Route> {
+    let text = input.value.as_str();
+    match text {
+        "source" => return Some(Route::Source),
+        "dlq" => return Some(Route::Dlq),
+        _ => {}
+    }
+    let (stage_name, output) = match text.split_once('.') {
+        Some((stage, output)) => (stage, Some(output)),
+        None => (text, None),
+    };
+    let Some(&stage) = names.get(stage_name) else {
+        let mut known: Vec<&str> = names.keys().map(String::as_str).collect();
+        known.sort();
+        let stages_list = if known.is_empty() {
+            "there are no stages".to_string()
+        } else {
+            format!("stages: {}", known.join(", "))
+        };
+        problems.at(
+            &input.referenced,
+            format!("unknown input `{text}`: expected `source`, `dlq`, a stage name or `STAGE.OUTPUT` ({stages_list})"),
+        );
+        return None;
+    };
+    let Some(output) = output else {
+        return Some(Route::Stage { stage, output: 0 });
+    };
+    if !stages_known {
+        return None; // the stage's plugin failed to load; that problem is reported already
+    }
+    let declared = stages[stage].runner.outputs();
+    match declared.iter().position(|o| o == output) {
+        Some(n) => Some(Route::Stage {
+            stage,
+            output: n as u32 + 1,
+        }),
+        None => {
+            let list = if declared.is_empty() {
+                "it has none".to_string()
+            } else {
+                format!("it has {}", declared.join(", "))
+            };
+            problems.at(
+                &input.referenced,
+                format!("stage `{stage_name}` has no output named `{output}` ({list})"),
+            );
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(
+            spec::parse_duration("250ms"),
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(spec::parse_duration("10s"), Some(Duration::from_secs(10)));
+        assert_eq!(spec::parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(spec::parse_duration("1h"), Some(Duration::from_secs(3600)));
+        for bad in ["", "10", "s", "1.5s", "10 parsecs", "-1s"] {
+            assert_eq!(spec::parse_duration(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn plain_messages() {
+        assert_eq!(
+            plain_message("error: line 6 column 5: unknown field `x`\n --> a"),
+            "unknown field `x`"
+        );
+        assert_eq!(plain_message("something else"), "something else");
+    }
+}

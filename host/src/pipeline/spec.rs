@@ -1,0 +1,433 @@
+//! The pipeline file, as typed structs. The `///` on every field is the user documentation of
+//! that option (`docs/pipeline.md` mirrors it). Every struct refuses unknown keys.
+//!
+//! Built-in sources and sinks are written with their type as the key, so that every option is
+//! read where it stands and an error points at its own line:
+//!
+//! ```yaml
+//! source:
+//!   generator: { count: 1000 }
+//! sinks:
+//!   - name: out
+//!     input: enrich
+//!     jsonl: { path: out.jsonl }
+//! ```
+
+use std::fmt;
+
+use serde::{
+    Deserialize, Deserializer,
+    de::{self, MapAccess, Visitor},
+};
+use serde_saphyr::Spanned;
+
+/// A whole pipeline file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineSpec {
+    /// Version of the file format. This build reads version `1`.
+    pub version: Spanned<u32>,
+    /// Name of the pipeline: letters, digits, `-` and `_`. It names output files and, later,
+    /// checkpoints.
+    pub name: Spanned<String>,
+    /// Where records come from: exactly one source.
+    pub source: Spanned<SourceSpec>,
+    /// Transformation stages, applied in order: each stage reads the default output of the one
+    /// before it (the first reads the source).
+    #[serde(default)]
+    pub stages: Vec<StageSpec>,
+    /// Where records go. Each sink reads one output: `source`, a stage's name (its default
+    /// output), `stage.output` (a named output), or `dlq` (every dead letter of the pipeline).
+    pub sinks: Spanned<Vec<SinkSpec>>,
+    /// Checkpoint settings.
+    #[serde(default)]
+    pub checkpoint: CheckpointSpec,
+}
+
+/// The built-in sources.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum SourceSpec {
+    /// Synthetic crypto trades, deterministic for a given seed.
+    Generator(GeneratorSpec),
+    /// A file of JSON lines (any text lines, in fact: each line is one record's value).
+    File(FileSourceSpec),
+}
+
+/// Shape of generated trade messages.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum TradeFormat {
+    /// Binance `trade` stream messages: `{"e":"trade","E":…,"s":"BTCUSDT","t":…,"p":"…","q":"…","T":…,"m":…,"M":true}`.
+    #[default]
+    Binance,
+    /// Kraken v2 `trade` channel messages, one trade per message:
+    /// `{"channel":"trade","type":"update","data":[{"symbol":"BTC/USD","side":…,"price":…,"qty":…,"ord_type":…,"trade_id":…,"timestamp":"…"}]}`.
+    Kraken,
+}
+
+/// Settings of the `generator` source.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GeneratorSpec {
+    /// How many trades to generate before the source ends; without it, it runs until stopped.
+    pub count: Option<u64>,
+    /// Trades per second of wall-clock time; without it, as fast as the pipeline takes them.
+    pub rate_per_sec: Option<Spanned<u64>>,
+    /// Seed of the random sequence: the same seed gives the same trades.
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    /// Message shape: `binance` (default) or `kraken`.
+    #[serde(default)]
+    pub format: TradeFormat,
+    /// Symbols to trade (Binance spelling, such as `BTCUSDT`); a default set of six when absent.
+    pub symbols: Option<Spanned<Vec<String>>>,
+    /// Event time of the first trade, in milliseconds since the Unix epoch; the time the
+    /// pipeline starts when absent.
+    pub start_time_ms: Option<i64>,
+    /// Event-time trades per second: trade `i` happens at `start_time_ms + i * 1000 / this`.
+    /// Defaults to `rate_per_sec`, or 1000.
+    pub events_per_sec: Option<Spanned<u64>>,
+    /// Records per batch handed to the stages.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: Spanned<usize>,
+}
+
+/// Settings of the `file` source.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSourceSpec {
+    /// The file to read, relative to the pipeline file. Each non-empty line is a record.
+    pub path: Spanned<String>,
+    /// Records per batch handed to the stages.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: Spanned<usize>,
+}
+
+/// One transformation stage.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageSpec {
+    /// Name of the stage: letters, digits, `-` and `_`; sinks refer to its outputs by it.
+    pub name: Spanned<String>,
+    /// The plugin: a WebAssembly component implementing `weir:plugin/stage`, relative to the
+    /// pipeline file.
+    pub plugin: Spanned<String>,
+    /// The stage's own settings, handed to its `init` as JSON. A map; what it may hold is up to
+    /// the plugin.
+    pub config: Option<Spanned<serde_json::Value>>,
+    /// Sandbox limits.
+    #[serde(default)]
+    pub limits: LimitsSpec,
+}
+
+/// Sandbox limits of a stage.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSpec {
+    /// Most linear memory an instance may use, in MiB (default 64). Growing past it traps.
+    pub memory_mib: Option<Spanned<u32>>,
+    /// Longest one call into the plugin may take (default `5s`): a call over it is stopped,
+    /// and the batch retried record by record.
+    pub call_timeout: Option<Spanned<DurationSpec>>,
+    /// Fuel (about one unit per WebAssembly instruction) one call may burn. Metering makes
+    /// every call slower (about 38% here), so it is off unless set.
+    pub fuel_per_call: Option<Spanned<u64>>,
+}
+
+/// One sink: a name, the output it reads, and its type with the type's settings.
+#[derive(Debug)]
+pub struct SinkSpec {
+    /// Name of the sink, for progress lines and errors.
+    pub name: Spanned<String>,
+    /// The output it reads: `source`, `STAGE`, `STAGE.OUTPUT` or `dlq`.
+    pub input: Spanned<String>,
+    /// The sink's type and settings.
+    pub kind: Spanned<SinkKind>,
+}
+
+/// The built-in sinks.
+#[derive(Debug)]
+pub enum SinkKind {
+    /// Parquet files in Hive-style `year=/month=/day=/hour=` folders.
+    Parquet(ParquetSinkSpec),
+    /// One JSON line per record in a file.
+    Jsonl(JsonlSinkSpec),
+    /// One JSON line per record on standard output.
+    Stdout(StdoutSinkSpec),
+    /// Discards records (counting them): for benchmarks and dry runs.
+    Null(NullSinkSpec),
+}
+
+impl SinkKind {
+    /// The key that names this type in a pipeline file.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            SinkKind::Parquet(_) => "parquet",
+            SinkKind::Jsonl(_) => "jsonl",
+            SinkKind::Stdout(_) => "stdout",
+            SinkKind::Null(_) => "null",
+        }
+    }
+}
+
+const SINK_TYPES: &[&str] = &["parquet", "jsonl", "stdout", "null"];
+
+/// Settings of the `parquet` sink.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParquetSinkSpec {
+    /// Folder the files go to, relative to the pipeline file.
+    pub path: Spanned<String>,
+    /// Columns of the files. Each record's value must be a JSON object; its fields are read
+    /// into these columns, and a record that does not fit goes to the dead-letter output.
+    pub schema: Spanned<Vec<ColumnSpec>>,
+    /// A file is finished once it holds about this many bytes (default 128 MiB), and at every
+    /// checkpoint.
+    pub max_file_bytes: Option<Spanned<u64>>,
+    /// Compression codec: `zstd` (default), `snappy` or `none`.
+    #[serde(default)]
+    pub compression: Compression,
+}
+
+/// A Parquet column.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ColumnSpec {
+    /// Column name.
+    pub name: Spanned<String>,
+    /// Column type.
+    #[serde(rename = "type")]
+    pub kind: ColumnType,
+    /// The JSON field it is read from, when that is not `name`.
+    pub from: Option<Spanned<String>>,
+    /// Whether a record may lack the field (default `true`).
+    #[serde(default = "default_true")]
+    pub nullable: bool,
+}
+
+/// Column types. JSON numbers and numeric strings both read into the number types.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ColumnType {
+    /// UTF-8 text.
+    String,
+    /// 32-bit signed integer.
+    Int32,
+    /// 64-bit signed integer.
+    Int64,
+    /// 32-bit float.
+    Float32,
+    /// 64-bit float.
+    Float64,
+    /// `true` or `false`.
+    Boolean,
+    /// Milliseconds since the Unix epoch (a JSON integer), or an RFC 3339 string; stored UTC.
+    TimestampMs,
+    /// Microseconds since the Unix epoch (a JSON integer), or an RFC 3339 string; stored UTC.
+    TimestampUs,
+    /// A calendar date (`YYYY-MM-DD`).
+    Date,
+}
+
+/// Parquet compression codecs.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Compression {
+    /// Zstandard, level 1: small files, fast.
+    #[default]
+    Zstd,
+    /// Snappy: fastest, larger files.
+    Snappy,
+    /// No compression.
+    None,
+}
+
+/// Settings of the `jsonl` sink.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JsonlSinkSpec {
+    /// File to append to, relative to the pipeline file.
+    pub path: Spanned<String>,
+    /// Write each record as a JSON object with its key, value, timestamp, headers and source
+    /// position (default `false`: write the value as it is, one per line). Dead letters read
+    /// best this way.
+    #[serde(default)]
+    pub envelope: bool,
+}
+
+/// Settings of the `stdout` sink.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StdoutSinkSpec {
+    /// As for `jsonl`.
+    #[serde(default)]
+    pub envelope: bool,
+}
+
+/// The `null` sink has no settings.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NullSinkSpec {}
+
+/// Checkpoint settings.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointSpec {
+    /// Time between checkpoints (default `10s`). At each one, sinks finish and publish the
+    /// files they are writing.
+    #[serde(default = "default_checkpoint_interval")]
+    pub interval: Spanned<DurationSpec>,
+}
+
+impl Default for CheckpointSpec {
+    fn default() -> Self {
+        CheckpointSpec {
+            interval: default_checkpoint_interval(),
+        }
+    }
+}
+
+/// A duration written as a number and a unit: `250ms`, `10s`, `5m`, `1h`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DurationSpec(pub std::time::Duration);
+
+impl<'de> Deserialize<'de> for DurationSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        parse_duration(&text).map(DurationSpec).ok_or_else(|| {
+            de::Error::custom(format!(
+                "invalid duration `{text}`: expected a number and a unit (ms, s, m or h), such as `500ms` or `10s`"
+            ))
+        })
+    }
+}
+
+/// Parses `250ms`, `10s`, `5m`, `1h` (whole numbers only).
+pub fn parse_duration(text: &str) -> Option<std::time::Duration> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number.parse().ok()?;
+    let ms = match unit.trim() {
+        "ms" => n,
+        "s" => n.checked_mul(1000)?,
+        "m" => n.checked_mul(60_000)?,
+        "h" => n.checked_mul(3_600_000)?,
+        _ => return None,
+    };
+    Some(std::time::Duration::from_millis(ms))
+}
+
+fn default_seed() -> u64 {
+    1
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_batch_size() -> Spanned<usize> {
+    unspanned(1024)
+}
+
+fn default_checkpoint_interval() -> Spanned<DurationSpec> {
+    unspanned(DurationSpec(std::time::Duration::from_secs(10)))
+}
+
+/// A default value, which has no place in the file.
+pub fn unspanned<T>(value: T) -> Spanned<T> {
+    Spanned::new(
+        value,
+        serde_saphyr::Location::UNKNOWN,
+        serde_saphyr::Location::UNKNOWN,
+    )
+}
+
+/// Sinks are read key by key so that the type key (`parquet:`, `jsonl:` …) can stand anywhere
+/// among `name` and `input`, and its settings are read in place, keeping their locations.
+impl<'de> Deserialize<'de> for SinkSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(SinkVisitor)
+    }
+}
+
+struct SinkVisitor;
+
+#[derive(Deserialize)]
+#[serde(field_identifier, rename_all = "snake_case")]
+enum SinkKey {
+    Name,
+    Input,
+    Parquet,
+    Jsonl,
+    Stdout,
+    Null,
+}
+
+impl<'de> Visitor<'de> for SinkVisitor {
+    type Value = SinkSpec;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a sink: `name`, `input` and one of `parquet`, `jsonl`, `stdout`, `null`")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<SinkSpec, A::Error> {
+        let (mut name, mut input, mut kind) = (None, None, None::<Spanned<SinkKind>>);
+        while let Some(key) = map.next_key::<SinkKey>()? {
+            let parsed = match key {
+                SinkKey::Name => {
+                    name = Some(map.next_value()?);
+                    continue;
+                }
+                SinkKey::Input => {
+                    input = Some(map.next_value()?);
+                    continue;
+                }
+                SinkKey::Parquet => spanned_kind(
+                    map.next_value::<Spanned<ParquetSinkSpec>>()?,
+                    SinkKind::Parquet,
+                ),
+                SinkKey::Jsonl => {
+                    spanned_kind(map.next_value::<Spanned<JsonlSinkSpec>>()?, SinkKind::Jsonl)
+                }
+                SinkKey::Stdout => {
+                    spanned_kind(map.next_value::<Spanned<Option<StdoutSinkSpec>>>()?, |s| {
+                        SinkKind::Stdout(s.unwrap_or_default())
+                    })
+                }
+                SinkKey::Null => {
+                    spanned_kind(map.next_value::<Spanned<Option<NullSinkSpec>>>()?, |_| {
+                        SinkKind::Null(NullSinkSpec {})
+                    })
+                }
+            };
+            if let Some(first) = &kind {
+                return Err(de::Error::custom(format!(
+                    "a sink has one type, but this one has both `{}` and `{}`",
+                    first.value.type_name(),
+                    parsed.value.type_name()
+                )));
+            }
+            kind = Some(parsed);
+        }
+        let name: Spanned<String> = name.ok_or_else(|| de::Error::missing_field("name"))?;
+        let input = input.ok_or_else(|| de::Error::missing_field("input"))?;
+        let kind = kind.ok_or_else(|| {
+            de::Error::custom(format!(
+                "sink `{}` has no type: add one of {}",
+                name.value,
+                SINK_TYPES
+                    .iter()
+                    .map(|t| format!("`{t}:`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })?;
+        Ok(SinkSpec { name, input, kind })
+    }
+}
+
+fn spanned_kind<T>(spanned: Spanned<T>, f: impl FnOnce(T) -> SinkKind) -> Spanned<SinkKind> {
+    Spanned::new(f(spanned.value), spanned.referenced, spanned.defined)
+}

@@ -1,0 +1,518 @@
+//! One stage's instance and its sandbox, and the trap containment around it.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::{
+        Arc,
+        atomic::{AtomicI64, Ordering},
+    },
+    time::Duration,
+};
+
+use wasmtime::{Store, StoreLimits, StoreLimitsBuilder, Trap, component::ResourceTable};
+use wasmtime_wasi::{
+    HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView,
+    p2::pipe::MemoryOutputPipe,
+};
+
+use super::{
+    EPOCH_TICK, Limits, Plugin, PluginError,
+    bindings::{
+        self, Batch, Header, InputRecord, Level, OutputBatch, RecordError, Span, Timer,
+        weir::plugin::{host, state, timers, types},
+    },
+};
+
+/// How much of a guest's standard error is kept, to explain its traps (a panic message).
+const STDERR_CAPACITY: usize = 16 << 10;
+
+/// Keyed state and timers of one stage, kept by the host so that they outlive any instance.
+#[derive(Debug, Default)]
+struct Keyed {
+    /// The stage's keyed state.
+    state: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// Registered event-time timers, ordered by time.
+    timers: BTreeSet<(i64, Vec<u8>)>,
+    /// Changes made by the call in progress, newest last, so that a trapped call can be undone
+    /// before its batch is retried.
+    undo: Vec<Undo>,
+}
+
+#[derive(Debug)]
+enum Undo {
+    State(Vec<u8>, Option<Vec<u8>>),
+    TimerAdded(i64, Vec<u8>),
+    TimerRemoved(i64, Vec<u8>),
+}
+
+impl Keyed {
+    fn rollback(&mut self) {
+        while let Some(undo) = self.undo.pop() {
+            match undo {
+                Undo::State(key, Some(old)) => {
+                    self.state.insert(key, old);
+                }
+                Undo::State(key, None) => {
+                    self.state.remove(&key);
+                }
+                Undo::TimerAdded(time, key) => {
+                    self.timers.remove(&(time, key));
+                }
+                Undo::TimerRemoved(time, key) => {
+                    self.timers.insert((time, key));
+                }
+            }
+        }
+    }
+}
+
+/// What a store holds for its instance: the WASI context (with nothing granted), the sandbox
+/// limits, and the stage's keyed state while a call runs.
+pub struct HostState {
+    /// Name of the stage, to tag its log lines.
+    stage: Arc<str>,
+    /// WASI context: no preopened directories, no environment, no network, a frozen clock.
+    wasi: WasiCtx,
+    /// WASI resources.
+    table: ResourceTable,
+    /// Memory cap.
+    limits: StoreLimits,
+    /// Keyed state and timers, lent to the store by the [`StageRunner`].
+    keyed: Keyed,
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl types::Host for HostState {}
+
+impl host::Host for HostState {
+    fn log(&mut self, level: Level, message: String) {
+        let stage = &*self.stage;
+        match level {
+            Level::Debug => tracing::debug!(stage, "{message}"),
+            Level::Info => tracing::info!(stage, "{message}"),
+            Level::Warn => tracing::warn!(stage, "{message}"),
+            Level::Error => tracing::error!(stage, "{message}"),
+        }
+    }
+}
+
+impl state::Host for HostState {
+    fn get(&mut self, key: Vec<u8>) -> Option<Vec<u8>> {
+        self.keyed.state.get(&key).cloned()
+    }
+
+    fn set(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        let old = self.keyed.state.insert(key.clone(), value);
+        self.keyed.undo.push(Undo::State(key, old));
+    }
+
+    fn delete(&mut self, key: Vec<u8>) {
+        if let Some(old) = self.keyed.state.remove(&key) {
+            self.keyed.undo.push(Undo::State(key, Some(old)));
+        }
+    }
+
+    fn scan_prefix(
+        &mut self,
+        prefix: Vec<u8>,
+        start_after: Option<Vec<u8>>,
+        limit: u32,
+    ) -> Vec<(Vec<u8>, Vec<u8>)> {
+        use std::ops::Bound;
+        let from = match start_after {
+            Some(after) if after >= prefix => Bound::Excluded(after),
+            _ => Bound::Included(prefix.clone()),
+        };
+        self.keyed
+            .state
+            .range((from, Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .take(limit as usize)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+}
+
+impl timers::Host for HostState {
+    fn register(&mut self, key: Vec<u8>, time_ms: i64) {
+        if self.keyed.timers.insert((time_ms, key.clone())) {
+            self.keyed.undo.push(Undo::TimerAdded(time_ms, key));
+        }
+    }
+
+    fn cancel(&mut self, key: Vec<u8>, time_ms: i64) {
+        if self.keyed.timers.remove(&(time_ms, key.clone())) {
+            self.keyed.undo.push(Undo::TimerRemoved(time_ms, key));
+        }
+    }
+}
+
+/// The guest's wall clock: the processing time of the batch being handled, so that a stage
+/// reading the clock still gives the same output for the same input.
+struct BatchClock(Arc<AtomicI64>);
+
+impl HostWallClock for BatchClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_millis(1)
+    }
+    fn now(&self) -> Duration {
+        Duration::from_millis(self.0.load(Ordering::Relaxed).max(0) as u64)
+    }
+}
+
+impl HostMonotonicClock for BatchClock {
+    fn resolution(&self) -> u64 {
+        1_000_000
+    }
+    fn now(&self) -> u64 {
+        self.0.load(Ordering::Relaxed).max(0) as u64 * 1_000_000
+    }
+}
+
+/// A live instance of a stage's component.
+struct Instance {
+    store: Store<HostState>,
+    bindings: bindings::Stage,
+    stderr: MemoryOutputPipe,
+}
+
+/// What a stage produced for one call: its output batch, with per-record failures (the
+/// plugin's own errors and contained traps alike) in `errors`.
+pub type StageOutput = OutputBatch;
+
+/// Runs one stage of a pipeline and keeps it running: a trap or a timeout replaces the
+/// instance and retries the batch one record at a time, so only the poison record fails.
+pub struct StageRunner {
+    /// Stage name, for messages and logs.
+    name: Arc<str>,
+    /// The compiled plugin.
+    plugin: Plugin,
+    /// The stage's `config:` as JSON, handed to `init` by every new instance.
+    config: String,
+    /// Sandbox limits.
+    limits: Limits,
+    /// The processing time the guest's clock shows.
+    clock: Arc<AtomicI64>,
+    /// The current instance; `None` only while it is being replaced.
+    instance: Option<Instance>,
+    /// Named outputs the stage declared in `init`.
+    outputs: Vec<String>,
+    /// How many instances were replaced after a trap.
+    replacements: u64,
+}
+
+impl StageRunner {
+    /// Instantiates the plugin and calls `init` with `config` (JSON text).
+    pub fn start(
+        name: &str,
+        plugin: Plugin,
+        config: String,
+        limits: Limits,
+    ) -> Result<StageRunner, PluginError> {
+        let mut runner = StageRunner {
+            name: name.into(),
+            plugin,
+            config,
+            limits,
+            clock: Arc::new(AtomicI64::new(now_ms())),
+            instance: None,
+            outputs: Vec::new(),
+            replacements: 0,
+        };
+        runner.outputs = runner.instantiate(Keyed::default())?;
+        Ok(runner)
+    }
+
+    /// The stage's named outputs, besides the default one.
+    pub fn outputs(&self) -> &[String] {
+        &self.outputs
+    }
+
+    /// The plugin this stage runs.
+    pub fn plugin(&self) -> &Plugin {
+        &self.plugin
+    }
+
+    /// How many times a trap made the runner replace the instance.
+    pub fn replacements(&self) -> u64 {
+        self.replacements
+    }
+
+    /// Timers registered for event times at or before `watermark_ms`, removed from the set.
+    fn due_timers(&mut self, watermark_ms: i64) -> Vec<Timer> {
+        let keyed = &mut self
+            .instance
+            .as_mut()
+            .expect("runner has an instance")
+            .store
+            .data_mut()
+            .keyed;
+        let later = keyed
+            .timers
+            .split_off(&(watermark_ms.saturating_add(1), Vec::new()));
+        let due = std::mem::replace(&mut keyed.timers, later);
+        due.into_iter()
+            .map(|(time_ms, key)| Timer { key, time_ms })
+            .collect()
+    }
+
+    fn instantiate(&mut self, keyed: Keyed) -> Result<Vec<String>, PluginError> {
+        let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
+        let wasi = WasiCtxBuilder::new()
+            .stderr(stderr.clone())
+            .wall_clock(BatchClock(self.clock.clone()))
+            .monotonic_clock(BatchClock(self.clock.clone()))
+            .build();
+        let state = HostState {
+            stage: self.name.clone(),
+            wasi,
+            table: ResourceTable::new(),
+            limits: StoreLimitsBuilder::new()
+                .memory_size(self.limits.memory_bytes)
+                .trap_on_grow_failure(true)
+                .build(),
+            keyed,
+        };
+        let mut store = Store::new(&self.plugin.engine, state);
+        store.limiter(|state| &mut state.limits);
+        let trap = |e: wasmtime::Error| PluginError::InitTrap {
+            stage: self.name.to_string(),
+            reason: super::root_cause(&e),
+        };
+        arm(&mut store, &self.limits).map_err(trap)?;
+        let bindings = self.plugin.pre.instantiate(&mut store).map_err(trap)?;
+        arm(&mut store, &self.limits).map_err(trap)?;
+        let info = bindings
+            .weir_plugin_transform()
+            .call_init(&mut store, &self.config)
+            .map_err(trap)?
+            .map_err(|message| PluginError::Init {
+                stage: self.name.to_string(),
+                message,
+            })?;
+        self.instance = Some(Instance {
+            store,
+            bindings,
+            stderr,
+        });
+        Ok(info.outputs)
+    }
+
+    /// Replaces a trapped instance with a fresh one, keeping (rolled-back) keyed state.
+    fn replace(&mut self) -> Result<(), PluginError> {
+        let old = self.instance.take().expect("runner has an instance");
+        let mut keyed = old.store.into_data().keyed;
+        keyed.rollback();
+        self.replacements += 1;
+        self.instantiate(keyed).map(|_| ())
+    }
+
+    /// Processes a batch. Never fails for a plugin's sake: per-record errors and contained
+    /// traps come back in the output's `errors`. Fails only if a fresh instance cannot even be
+    /// initialised again.
+    pub fn process(&mut self, batch: &Batch) -> Result<StageOutput, PluginError> {
+        self.clock
+            .store(batch.processing_time_ms, Ordering::Relaxed);
+        match self.call(|b, s| b.weir_plugin_transform().call_process(s, batch)) {
+            Ok(out) => Ok(out),
+            Err(reason) => {
+                tracing::warn!(
+                    stage = &*self.name,
+                    "plugin trapped on a batch of {}; retrying record by record: {reason}",
+                    batch.records.len()
+                );
+                self.replace()?;
+                self.process_one_by_one(batch)
+            }
+        }
+    }
+
+    fn process_one_by_one(&mut self, batch: &Batch) -> Result<StageOutput, PluginError> {
+        let mut merged = OutputBatch {
+            records: Vec::new(),
+            data: Vec::new(),
+            headers: Vec::new(),
+            errors: Vec::new(),
+        };
+        for (index, record) in batch.records.iter().enumerate() {
+            let single = single_record_batch(batch, record);
+            match self.call(|b, s| b.weir_plugin_transform().call_process(s, &single)) {
+                Ok(out) => append(&mut merged, out, index as u32),
+                Err(reason) => {
+                    merged.errors.push(RecordError {
+                        index: index as u32,
+                        message: reason,
+                    });
+                    self.replace()?;
+                }
+            }
+        }
+        Ok(merged)
+    }
+
+    /// Advances event time: hands the stage the timers due at `watermark_ms`. A trap here loses
+    /// the windows those timers would have closed, so it is reported as an error.
+    pub fn on_watermark(&mut self, watermark_ms: i64) -> Result<StageOutput, String> {
+        let fired = self.due_timers(watermark_ms);
+        self.clock.store(now_ms(), Ordering::Relaxed);
+        match self.call(|b, s| {
+            b.weir_plugin_transform()
+                .call_on_watermark(s, watermark_ms, &fired)
+        }) {
+            Ok(out) => Ok(out),
+            Err(reason) => {
+                let _ = self.replace();
+                Err(format!(
+                    "stage `{}` trapped in on-watermark: {reason}",
+                    self.name
+                ))
+            }
+        }
+    }
+
+    /// Calls into the instance under its deadline and fuel, turning a trap into a sentence.
+    fn call<T>(
+        &mut self,
+        f: impl FnOnce(&bindings::Stage, &mut Store<HostState>) -> wasmtime::Result<T>,
+    ) -> Result<T, String> {
+        let instance = self.instance.as_mut().expect("runner has an instance");
+        let result = arm(&mut instance.store, &self.limits)
+            .and_then(|()| f(&instance.bindings, &mut instance.store));
+        match result {
+            Ok(value) => {
+                instance.store.data_mut().keyed.undo.clear();
+                Ok(value)
+            }
+            Err(e) => Err(describe_trap(&e, &self.limits, &instance.stderr)),
+        }
+    }
+}
+
+/// Sets the deadline and fuel for the next call.
+fn arm(store: &mut Store<HostState>, limits: &Limits) -> wasmtime::Result<()> {
+    let ticks = limits
+        .call_timeout
+        .as_millis()
+        .div_ceil(EPOCH_TICK.as_millis()) as u64
+        + 1;
+    store.set_epoch_deadline(ticks);
+    if let Some(fuel) = limits.fuel_per_call {
+        store.set_fuel(fuel)?;
+    }
+    Ok(())
+}
+
+fn describe_trap(e: &wasmtime::Error, limits: &Limits, stderr: &MemoryOutputPipe) -> String {
+    let text = super::root_cause(e);
+    match e.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => {
+            return format!(
+                "plugin call exceeded its deadline of {} ms (limits.call_timeout_ms)",
+                limits.call_timeout.as_millis()
+            );
+        }
+        Some(Trap::OutOfFuel) => {
+            return format!(
+                "plugin call ran out of fuel ({} units, limits.fuel_per_call)",
+                limits.fuel_per_call.unwrap_or_default()
+            );
+        }
+        _ => {}
+    }
+    if text.contains("forcing a memory growth failure") {
+        return format!(
+            "plugin exceeded its memory cap of {} MiB (limits.memory_mib)",
+            limits.memory_bytes >> 20
+        );
+    }
+    let said = String::from_utf8_lossy(&stderr.contents())
+        .trim()
+        .to_string();
+    let said = said
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty() && !l.starts_with("note:"))
+        .unwrap_or("");
+    let trap = e
+        .downcast_ref::<Trap>()
+        .map_or(text.clone(), |t| t.to_string());
+    if said.is_empty() {
+        format!("plugin trapped: {trap}")
+    } else {
+        format!("plugin trapped: {trap} ({said})")
+    }
+}
+
+/// A batch holding one record of `batch`, with its own compact buffers.
+fn single_record_batch(batch: &Batch, record: &InputRecord) -> Batch {
+    let mut data = Vec::new();
+    let mut copy = |span: Span| {
+        let start = data.len() as u32;
+        data.extend_from_slice(&batch.data[span.start as usize..(span.start + span.len) as usize]);
+        Span {
+            start,
+            len: span.len,
+        }
+    };
+    let key = record.key.map(&mut copy);
+    let value = copy(record.value);
+    let headers: Vec<Header> = batch.headers
+        [record.headers.start as usize..(record.headers.start + record.headers.len) as usize]
+        .to_vec();
+    Batch {
+        topic: batch.topic.clone(),
+        partition: batch.partition,
+        processing_time_ms: batch.processing_time_ms,
+        records: vec![InputRecord {
+            key,
+            value,
+            headers: Span {
+                start: 0,
+                len: headers.len() as u32,
+            },
+            ..*record
+        }],
+        data,
+        headers,
+    }
+}
+
+/// Appends the output of a single-record call to `merged`, rebasing its spans and lineage.
+fn append(merged: &mut OutputBatch, out: OutputBatch, index: u32) {
+    let data_base = merged.data.len() as u32;
+    let header_base = merged.headers.len() as u32;
+    let shift = |span: Span, base: u32| Span {
+        start: span.start + base,
+        len: span.len,
+    };
+    merged.records.extend(out.records.into_iter().map(|mut r| {
+        r.key = r.key.map(|k| shift(k, data_base));
+        r.value = shift(r.value, data_base);
+        r.headers = shift(r.headers, header_base);
+        r.derived_from = r.derived_from.map(|_| index);
+        r
+    }));
+    merged.data.extend_from_slice(&out.data);
+    merged.headers.extend(out.headers);
+    merged
+        .errors
+        .extend(out.errors.into_iter().map(|e| RecordError {
+            index,
+            message: e.message,
+        }));
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}

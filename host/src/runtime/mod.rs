@@ -1,0 +1,480 @@
+//! Running a pipeline: tasks, channels, checkpoint barriers and shutdown.
+//!
+//! ```text
+//!  source task ──batches──▶ stage chain (one thread) ──per output──▶ sink tasks
+//!      │ barrier every checkpoint.interval      │ dead letters ──────▶ dlq sinks
+//! ```
+//!
+//! Every hop is a bounded channel of batches, so a slow sink slows the stages and the source;
+//! nothing is dropped. The stages of a chain run one after another on one thread (calls into
+//! WebAssembly are synchronous and a thread hop would cost more than a simple stage). A
+//! checkpoint barrier travels the same channels as the data, so when a sink sees it, it has
+//! seen every record before it; sinks then finish and publish their files.
+
+mod progress;
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use tokio::sync::mpsc;
+
+use crate::{
+    pipeline::{Pipeline, Route},
+    plugin::now_ms,
+    record::{Batch, split_outputs},
+    sinks::{Sink, SinkError},
+    sources::{Source, SourceError},
+};
+pub use progress::{Metrics, Summary};
+
+/// Batches that may wait in a channel: enough to keep every task busy, few enough to bound
+/// memory (a batch is ~1,000 records).
+const CHANNEL_BATCHES: usize = 4;
+
+/// Why a run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The source failed.
+    #[error("source: {0}")]
+    Source(#[from] SourceError),
+    /// A sink failed.
+    #[error("sink `{name}`: {error}")]
+    Sink {
+        /// The sink.
+        name: String,
+        /// What happened.
+        error: SinkError,
+    },
+    /// A stage could not go on (its instance could not be restarted, or it broke the
+    /// interface's rules).
+    #[error("stage `{name}`: {message}")]
+    Stage {
+        /// The stage.
+        name: String,
+        /// What happened.
+        message: String,
+    },
+    /// A bug in Weir.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// What flows from the source to the stage chain.
+enum ChainMsg {
+    /// Records.
+    Batch(Batch),
+    /// A checkpoint barrier.
+    Checkpoint(u64),
+    /// The source has ended by itself (not stopped): event time may advance to the end.
+    End,
+}
+
+/// What flows to a sink.
+enum SinkMsg {
+    /// Records.
+    Batch(Arc<Batch>),
+    /// A checkpoint barrier, with the checkpoint's number.
+    Checkpoint(u64),
+}
+
+/// Sends batches to the sinks that read each output.
+#[derive(Clone)]
+struct Router {
+    /// Each sink's route and channel.
+    sinks: Vec<(Route, mpsc::Sender<SinkMsg>)>,
+}
+
+impl Router {
+    fn blocking_send(&self, route: Route, batch: Batch) -> Result<(), ()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let batch = Arc::new(batch);
+        for (r, tx) in &self.sinks {
+            if *r == route {
+                tx.blocking_send(SinkMsg::Batch(batch.clone()))
+                    .map_err(|_| ())?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn send(&self, route: Route, batch: Batch) -> Result<(), ()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let batch = Arc::new(batch);
+        for (r, tx) in &self.sinks {
+            if *r == route {
+                tx.send(SinkMsg::Batch(batch.clone()))
+                    .await
+                    .map_err(|_| ())?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Options of a run.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// Print a progress line to standard error at most once a second.
+    pub progress: bool,
+}
+
+/// Runs `pipeline` until its source ends or `shutdown` completes, then flushes every sink and
+/// returns what was done.
+pub async fn run(
+    pipeline: Pipeline,
+    shutdown: impl Future<Output = ()>,
+    options: RunOptions,
+) -> Result<Summary, RunError> {
+    let run_id = chrono::Utc::now().format("%Y%m%dT%H%M%S%3fZ").to_string();
+    let Pipeline {
+        name,
+        dir,
+        source: source_spec,
+        stages,
+        sinks: sink_specs,
+        checkpoint_interval,
+        ..
+    } = pipeline;
+    let metrics = Arc::new(Metrics::new(
+        stages.iter().map(|s| s.name.clone()).collect(),
+        sink_specs.iter().map(|s| s.name.clone()).collect(),
+    ));
+
+    // Sinks first: a sink that cannot open stops the run before anything is read.
+    let mut opened = Vec::new();
+    for spec in &sink_specs {
+        let sink = Sink::open(&spec.kind, &dir, &name, &run_id)
+            .await
+            .map_err(|error| RunError::Sink {
+                name: spec.name.clone(),
+                error,
+            })?;
+        opened.push(sink);
+    }
+    let mut source = Source::open(&source_spec, &dir).await?;
+
+    let channels: Vec<_> = sink_specs
+        .iter()
+        .map(|_| mpsc::channel::<SinkMsg>(CHANNEL_BATCHES))
+        .collect();
+    let router = Router {
+        sinks: sink_specs
+            .iter()
+            .zip(&channels)
+            .map(|(s, (tx, _))| (s.route, tx.clone()))
+            .collect(),
+    };
+    let dlq_router = Router {
+        sinks: router
+            .sinks
+            .iter()
+            .filter(|(r, _)| *r == Route::Dlq)
+            .cloned()
+            .collect(),
+    };
+
+    let mut sink_tasks = Vec::new();
+    for (index, ((spec, sink), (_, rx))) in sink_specs.iter().zip(opened).zip(channels).enumerate()
+    {
+        // Only sinks that may reject records hold a way to the dead letters; a dlq sink holding
+        // one would keep its own channel open forever.
+        let dlq = (spec.route != Route::Dlq && matches!(sink, Sink::Parquet(_)))
+            .then(|| dlq_router.clone());
+        let task = sink_task(spec.name.clone(), index, sink, rx, dlq, metrics.clone());
+        sink_tasks.push((spec.name.clone(), tokio::spawn(task)));
+    }
+    drop(dlq_router);
+
+    // The stage chain on its own thread.
+    let (chain_tx, chain_rx) = mpsc::channel::<ChainMsg>(CHANNEL_BATCHES);
+    let chain_metrics = metrics.clone();
+    let chain = std::thread::Builder::new()
+        .name("weir-stages".into())
+        .spawn(move || run_chain(stages, chain_rx, router, chain_metrics))
+        .map_err(|e| RunError::Internal(format!("cannot start the stage thread: {e}")))?;
+
+    let reporter = options
+        .progress
+        .then(|| tokio::spawn(progress::report(metrics.clone(), source.label())));
+
+    let source_result = run_source(
+        &mut source,
+        chain_tx,
+        checkpoint_interval,
+        shutdown,
+        &metrics,
+    )
+    .await;
+    let chain_result = tokio::task::spawn_blocking(move || chain.join())
+        .await
+        .map_err(|e| RunError::Internal(e.to_string()))?
+        .map_err(|_| RunError::Internal("the stage thread panicked".into()))?;
+    let mut sink_results = Vec::new();
+    for (name, task) in sink_tasks {
+        let result = task.await.map_err(|e| RunError::Internal(e.to_string()))?;
+        sink_results.push((name, result));
+    }
+    if let Some(reporter) = reporter {
+        reporter.abort();
+    }
+
+    // The first cause wins: a sink that failed explains why the chain and source stopped.
+    let mut locations = Vec::new();
+    for (name, result) in sink_results {
+        match result {
+            Ok(location) => locations.push((name, location)),
+            Err(error) => return Err(RunError::Sink { name, error }),
+        }
+    }
+    chain_result?;
+    source_result?;
+    Ok(metrics.summary(locations))
+}
+
+async fn run_source(
+    source: &mut Source,
+    chain: mpsc::Sender<ChainMsg>,
+    checkpoint_interval: Duration,
+    shutdown: impl Future<Output = ()>,
+    metrics: &Metrics,
+) -> Result<(), RunError> {
+    tokio::pin!(shutdown);
+    let mut ticker = tokio::time::interval(checkpoint_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await; // the first tick is immediate
+    let mut checkpoint = 0;
+    loop {
+        let msg = tokio::select! {
+            biased;
+            () = &mut shutdown => {
+                tracing::info!("stopping: finishing what is in flight");
+                return Ok(());
+            }
+            _ = ticker.tick() => {
+                checkpoint += 1;
+                ChainMsg::Checkpoint(checkpoint)
+            }
+            batch = source.next_batch() => match batch? {
+                Some(batch) => {
+                    metrics.source_out(batch.len());
+                    ChainMsg::Batch(batch)
+                }
+                None => {
+                    let _ = chain.send(ChainMsg::End).await;
+                    return Ok(());
+                }
+            },
+        };
+        if chain.send(msg).await.is_err() {
+            return Ok(()); // the chain stopped; its error says why
+        }
+    }
+}
+
+/// The stage chain: runs every batch through the stages and routes what comes out.
+fn run_chain(
+    mut stages: Vec<crate::pipeline::Stage>,
+    mut rx: mpsc::Receiver<ChainMsg>,
+    router: Router,
+    metrics: Arc<Metrics>,
+) -> Result<(), RunError> {
+    let stopped = || RunError::Internal("a sink stopped".into());
+    while let Some(msg) = rx.blocking_recv() {
+        match msg {
+            ChainMsg::Batch(mut batch) => {
+                batch.processing_time_ms = now_ms();
+                let for_source_sinks = router
+                    .sinks
+                    .iter()
+                    .any(|(r, _)| *r == Route::Source)
+                    .then(|| batch.clone());
+                if let Some(copy) = for_source_sinks {
+                    router
+                        .blocking_send(Route::Source, copy)
+                        .map_err(|_| stopped())?;
+                }
+                run_stages(&mut stages, 0, batch, &router, &metrics)?;
+            }
+            ChainMsg::Checkpoint(id) => {
+                for (_, tx) in &router.sinks {
+                    tx.blocking_send(SinkMsg::Checkpoint(id))
+                        .map_err(|_| stopped())?;
+                }
+            }
+            ChainMsg::End => {
+                // The input is complete: event time reaches its end, so every timer fires and
+                // every window closes, stage by stage.
+                for index in 0..stages.len() {
+                    let stage = &mut stages[index];
+                    let out =
+                        stage
+                            .runner
+                            .on_watermark(i64::MAX)
+                            .map_err(|message| RunError::Stage {
+                                name: stage.name.clone(),
+                                message,
+                            })?;
+                    let empty = Batch::with_capacity("", 0, 0, 0);
+                    let has_next = index + 1 < stages.len();
+                    let next = route_outputs(
+                        &stages[index],
+                        index,
+                        out,
+                        &empty,
+                        has_next,
+                        &router,
+                        &metrics,
+                    )?;
+                    run_stages(&mut stages, index + 1, next, &router, &metrics)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs `batch` through stages `from..` and routes every output.
+fn run_stages(
+    stages: &mut [crate::pipeline::Stage],
+    from: usize,
+    mut batch: Batch,
+    router: &Router,
+    metrics: &Metrics,
+) -> Result<(), RunError> {
+    let stopped = || RunError::Internal("a sink stopped".into());
+    for index in from..stages.len() {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let stage = &mut stages[index];
+        let out = stage.runner.process(&batch).map_err(|e| RunError::Stage {
+            name: stage.name.clone(),
+            message: e.to_string(),
+        })?;
+        metrics.stage_in(index, batch.len());
+        if !out.errors.is_empty() {
+            let dead = batch.dead_letters(
+                &out.errors,
+                &stage.name,
+                Some(&stage.runner.plugin().digest),
+            );
+            metrics.dead_letters(Some(index), dead.len());
+            router
+                .blocking_send(Route::Dlq, dead)
+                .map_err(|_| stopped())?;
+        }
+        let has_next = index + 1 < stages.len();
+        batch = route_outputs(
+            &stages[index],
+            index,
+            out,
+            &batch,
+            has_next,
+            router,
+            metrics,
+        )?;
+    }
+    Ok(())
+}
+
+/// Sends a stage's outputs to the sinks that read them, and returns its default output for the
+/// next stage (empty when there is none).
+fn route_outputs(
+    stage: &crate::pipeline::Stage,
+    index: usize,
+    out: crate::record::OutputBatch,
+    input: &Batch,
+    has_next: bool,
+    router: &Router,
+    metrics: &Metrics,
+) -> Result<Batch, RunError> {
+    let declared = stage.runner.outputs().len();
+    if let Some(bad) = out.records.iter().find(|r| r.output as usize > declared) {
+        return Err(RunError::Stage {
+            name: stage.name.clone(),
+            message: format!(
+                "the plugin emitted to output {} but declared {declared} named outputs in init",
+                bad.output
+            ),
+        });
+    }
+    metrics.stage_out(index, out.records.len());
+    let mut split = split_outputs(out, input, declared).into_iter();
+    let default = split
+        .next()
+        .expect("split_outputs returns the default output first");
+    let stopped = |()| RunError::Internal("a sink stopped".into());
+    for (n, batch) in split.enumerate() {
+        router
+            .blocking_send(
+                Route::Stage {
+                    stage: index,
+                    output: n as u32 + 1,
+                },
+                batch,
+            )
+            .map_err(stopped)?;
+    }
+    let route = Route::Stage {
+        stage: index,
+        output: 0,
+    };
+    if !router.sinks.iter().any(|(r, _)| *r == route) {
+        return Ok(default);
+    }
+    if has_next {
+        router
+            .blocking_send(route, default.clone())
+            .map_err(stopped)?;
+        Ok(default)
+    } else {
+        router.blocking_send(route, default).map_err(stopped)?;
+        Ok(Batch::with_capacity("", 0, 0, 0))
+    }
+}
+
+async fn sink_task(
+    name: String,
+    index: usize,
+    mut sink: Sink,
+    mut rx: mpsc::Receiver<SinkMsg>,
+    dlq: Option<Router>,
+    metrics: Arc<Metrics>,
+) -> Result<Option<String>, SinkError> {
+    while let Some(msg) = rx.recv().await {
+        match msg {
+            SinkMsg::Batch(batch) => {
+                let rejected = sink.write(&batch).await?;
+                metrics.sink_written(index, batch.len() - rejected.len());
+                if !rejected.is_empty() {
+                    let errors: Vec<_> = rejected
+                        .into_iter()
+                        .map(|(i, message)| crate::record::RecordError {
+                            index: i as u32,
+                            message,
+                        })
+                        .collect();
+                    let dead = batch.dead_letters(&errors, &name, None);
+                    metrics.dead_letters(None, dead.len());
+                    let router = dlq.as_ref().ok_or_else(|| {
+                        SinkError::Internal("a rejecting sink has no dead-letter route".into())
+                    })?;
+                    router
+                        .send(Route::Dlq, dead)
+                        .await
+                        .map_err(|()| SinkError::Internal("the dead-letter sink stopped".into()))?;
+                }
+            }
+            SinkMsg::Checkpoint(id) => {
+                sink.checkpoint().await?;
+                tracing::debug!(sink = name, checkpoint = id, "checkpoint done");
+            }
+        }
+    }
+    drop(dlq);
+    sink.checkpoint().await?;
+    Ok(sink.location())
+}

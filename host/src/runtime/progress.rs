@@ -1,0 +1,192 @@
+//! Counters of a running pipeline, the progress line printed while it runs, and the summary
+//! printed when it ends.
+
+use std::{
+    fmt::Write as _,
+    sync::atomic::{AtomicU64, Ordering::Relaxed},
+    time::{Duration, Instant},
+};
+
+/// Counters shared by the tasks of a run. Updated once per batch, never per record.
+pub struct Metrics {
+    /// When the run started.
+    started: Instant,
+    /// Records the source handed out.
+    source_out: AtomicU64,
+    /// Per stage: name, records in, records out.
+    stages: Vec<(String, AtomicU64, AtomicU64)>,
+    /// Per sink: name, records written.
+    sinks: Vec<(String, AtomicU64)>,
+    /// Dead letters from stages and sinks.
+    dead_letters: AtomicU64,
+}
+
+/// What a finished run did.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    /// Wall-clock duration.
+    pub elapsed: Duration,
+    /// Records read from the source.
+    pub records_in: u64,
+    /// Per stage: name, records in, records out.
+    pub stages: Vec<(String, u64, u64)>,
+    /// Per sink: name, records written, where the output is.
+    pub sinks: Vec<(String, u64, Option<String>)>,
+    /// Records sent to the dead-letter output.
+    pub dead_letters: u64,
+}
+
+impl Metrics {
+    /// Counters for the given stages and sinks, all zero.
+    pub fn new(stages: Vec<String>, sinks: Vec<String>) -> Metrics {
+        Metrics {
+            started: Instant::now(),
+            source_out: AtomicU64::new(0),
+            stages: stages
+                .into_iter()
+                .map(|s| (s, AtomicU64::new(0), AtomicU64::new(0)))
+                .collect(),
+            sinks: sinks.into_iter().map(|s| (s, AtomicU64::new(0))).collect(),
+            dead_letters: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn source_out(&self, n: usize) {
+        self.source_out.fetch_add(n as u64, Relaxed);
+    }
+
+    pub(crate) fn stage_in(&self, stage: usize, n: usize) {
+        self.stages[stage].1.fetch_add(n as u64, Relaxed);
+    }
+
+    pub(crate) fn stage_out(&self, stage: usize, n: usize) {
+        self.stages[stage].2.fetch_add(n as u64, Relaxed);
+    }
+
+    pub(crate) fn sink_written(&self, sink: usize, n: usize) {
+        self.sinks[sink].1.fetch_add(n as u64, Relaxed);
+    }
+
+    pub(crate) fn dead_letters(&self, _stage: Option<usize>, n: usize) {
+        self.dead_letters.fetch_add(n as u64, Relaxed);
+    }
+
+    /// The counters as they are now, with where each sink's output is.
+    pub fn summary(&self, locations: Vec<(String, Option<String>)>) -> Summary {
+        Summary {
+            elapsed: self.started.elapsed(),
+            records_in: self.source_out.load(Relaxed),
+            stages: self
+                .stages
+                .iter()
+                .map(|(n, i, o)| (n.clone(), i.load(Relaxed), o.load(Relaxed)))
+                .collect(),
+            sinks: self
+                .sinks
+                .iter()
+                .map(|(n, w)| {
+                    let location = locations
+                        .iter()
+                        .find(|(l, _)| l == n)
+                        .and_then(|(_, l)| l.clone());
+                    (n.clone(), w.load(Relaxed), location)
+                })
+                .collect(),
+            dead_letters: self.dead_letters.load(Relaxed),
+        }
+    }
+}
+
+/// Prints a progress line to standard error every second until aborted.
+pub(crate) async fn report(metrics: std::sync::Arc<Metrics>, source: &'static str) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    ticker.tick().await;
+    let mut last_in = 0;
+    let mut last_at = Instant::now();
+    loop {
+        ticker.tick().await;
+        let now = Instant::now();
+        let records_in = metrics.source_out.load(Relaxed);
+        let rate = (records_in - last_in) as f64 / now.duration_since(last_at).as_secs_f64();
+        (last_in, last_at) = (records_in, now);
+        let mut line = format!(
+            "[{:>6.1}s] {source} {} ({}/s)",
+            metrics.started.elapsed().as_secs_f64(),
+            thousands(records_in),
+            thousands(rate as u64)
+        );
+        for (name, i, o) in &metrics.stages {
+            let _ = write!(
+                line,
+                " | {name} {} → {}",
+                thousands(i.load(Relaxed)),
+                thousands(o.load(Relaxed))
+            );
+        }
+        for (name, w) in &metrics.sinks {
+            let _ = write!(line, " | {name} {}", thousands(w.load(Relaxed)));
+        }
+        let _ = write!(
+            line,
+            " | dlq {}",
+            thousands(metrics.dead_letters.load(Relaxed))
+        );
+        eprintln!("{line}");
+    }
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secs = self.elapsed.as_secs_f64();
+        writeln!(
+            f,
+            "read {} records in {:.1}s ({}/s)",
+            thousands(self.records_in),
+            secs,
+            thousands((self.records_in as f64 / secs.max(1e-9)) as u64)
+        )?;
+        for (name, i, o) in &self.stages {
+            writeln!(
+                f,
+                "  stage {name}: {} in, {} out",
+                thousands(*i),
+                thousands(*o)
+            )?;
+        }
+        for (name, written, location) in &self.sinks {
+            match location {
+                Some(location) => writeln!(
+                    f,
+                    "  sink {name}: {} records → {location}",
+                    thousands(*written)
+                )?,
+                None => writeln!(f, "  sink {name}: {} records", thousands(*written))?,
+            }
+        }
+        write!(f, "  dead letters: {}", thousands(self.dead_letters))
+    }
+}
+
+/// `1234567` → `1,234,567`.
+pub fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn thousands() {
+        assert_eq!(super::thousands(0), "0");
+        assert_eq!(super::thousands(999), "999");
+        assert_eq!(super::thousands(1000), "1,000");
+        assert_eq!(super::thousands(1234567), "1,234,567");
+    }
+}

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Builds every guest plugin for wasm32-wasip2 and copies the components to plugins/dist/.
+# Usage: plugins/build.sh            (CARGO_TARGET_DIR is honoured)
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+target_dir=${CARGO_TARGET_DIR:-$here/target}
+cargo build --manifest-path "$here/Cargo.toml" --release --target wasm32-wasip2 --workspace
+mkdir -p "$here/dist"
+for crate in weir_enrich weir_test_chaos weir_test_wrong_world; do
+  name=${crate#weir_}
+  name=${name//_/-}
+  cp "$target_dir/wasm32-wasip2/release/$crate.wasm" "$here/dist/$name.wasm.tmp"
+  mv "$here/dist/$name.wasm.tmp" "$here/dist/$name.wasm"
+done
+ls -l "$here/dist"

@@ -1,0 +1,261 @@
+//! `enrich`: adds where a record came from and when it was ingested to a JSON object.
+//!
+//! Each value must be a JSON object; the stage adds `kafka_topic`, `kafka_partition`,
+//! `kafka_offset`, `kafka_timestamp` (the record's event time, ms since the epoch) and
+//! `ingestion_timestamp` (the batch's processing time, ms since the epoch). Anything that is not
+//! a JSON object is a per-record error and goes to the dead-letter output.
+//!
+//! The common case, an object that has none of those fields yet, is handled without building a
+//! tree: one validating pass over the value (no allocation), then the fields are written before
+//! its closing brace. An object that already has one of the fields is rebuilt with the field
+//! replaced, so the output never holds a key twice.
+
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
+use weir_sdk::{Context, Emitter, Record, Stage};
+
+/// The fields the stage adds, in the order it writes them.
+pub const FIELDS: [&str; 5] = [
+    "kafka_topic",
+    "kafka_partition",
+    "kafka_offset",
+    "kafka_timestamp",
+    "ingestion_timestamp",
+];
+
+/// The stage. It keeps the JSON form of the last topic seen, since every record of a batch
+/// shares it.
+#[derive(Debug, Default)]
+pub struct Enrich {
+    topic: String,
+    topic_json: Vec<u8>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {}
+
+impl Stage for Enrich {
+    fn init(config: &str) -> Result<Self, String> {
+        serde_json::from_str::<Config>(config)
+            .map_err(|e| format!("enrich takes no settings: {e}"))?;
+        Ok(Enrich::default())
+    }
+
+    fn process(&mut self, cx: &Context, record: &Record, out: &mut Emitter) -> Result<(), String> {
+        if self.topic != cx.topic || self.topic_json.is_empty() {
+            self.topic = cx.topic.to_owned();
+            self.topic_json = serde_json::to_vec(cx.topic).expect("a string always serialises");
+        }
+        let shape = scan_object(record.value)?;
+        if shape.has_reserved_key {
+            let value = self.rebuild(cx, record)?;
+            out.emit(0, record.key, &value, record.timestamp_ms, record.headers);
+            return Ok(());
+        }
+        let body = trim_end(record.value);
+        let inside = &body[..body.len() - 1];
+        out.emit_with(0, record.key, record.timestamp_ms, record.headers, |buf| {
+            buf.extend_from_slice(inside);
+            buf.extend_from_slice(if shape.is_empty { b"\"" } else { b",\"" });
+            buf.extend_from_slice(b"kafka_topic\":");
+            buf.extend_from_slice(&self.topic_json);
+            let mut n = itoa::Buffer::new();
+            buf.extend_from_slice(b",\"kafka_partition\":");
+            buf.extend_from_slice(n.format(cx.partition).as_bytes());
+            buf.extend_from_slice(b",\"kafka_offset\":");
+            buf.extend_from_slice(n.format(record.offset).as_bytes());
+            buf.extend_from_slice(b",\"kafka_timestamp\":");
+            buf.extend_from_slice(n.format(record.timestamp_ms).as_bytes());
+            buf.extend_from_slice(b",\"ingestion_timestamp\":");
+            buf.extend_from_slice(n.format(cx.processing_time_ms).as_bytes());
+            buf.push(b'}');
+        });
+        Ok(())
+    }
+}
+
+impl Enrich {
+    /// The slow path: parse into a map, overwrite the fields, serialise.
+    fn rebuild(&self, cx: &Context, record: &Record) -> Result<Vec<u8>, String> {
+        let mut object: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(record.value).map_err(|e| format!("value is not JSON: {e}"))?;
+        object.insert(FIELDS[0].into(), cx.topic.into());
+        object.insert(FIELDS[1].into(), cx.partition.into());
+        object.insert(FIELDS[2].into(), record.offset.into());
+        object.insert(FIELDS[3].into(), record.timestamp_ms.into());
+        object.insert(FIELDS[4].into(), cx.processing_time_ms.into());
+        Ok(serde_json::to_vec(&object).expect("a JSON map always serialises"))
+    }
+}
+
+weir_sdk::export_stage!(Enrich);
+
+/// What one validating pass learnt about a JSON object.
+struct Shape {
+    is_empty: bool,
+    has_reserved_key: bool,
+}
+
+/// Checks that `value` is exactly one JSON object, without building it.
+fn scan_object(value: &[u8]) -> Result<Shape, String> {
+    let mut de = serde_json::Deserializer::from_slice(value);
+    let shape = de::Deserializer::deserialize_any(&mut de, ObjectVisitor)
+        .map_err(|e| format!("value is not a JSON object: {e}"))?;
+    de.end()
+        .map_err(|e| format!("value is not a JSON object: {e}"))?;
+    Ok(shape)
+}
+
+fn trim_end(value: &[u8]) -> &[u8] {
+    let end = value
+        .iter()
+        .rposition(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+        .map_or(0, |i| i + 1);
+    &value[..end]
+}
+
+struct ObjectVisitor;
+
+impl<'de> Visitor<'de> for ObjectVisitor {
+    type Value = Shape;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Shape, A::Error> {
+        let mut shape = Shape {
+            is_empty: true,
+            has_reserved_key: false,
+        };
+        while let Some(reserved) = map.next_key_seed(IsReserved)? {
+            shape.is_empty = false;
+            shape.has_reserved_key |= reserved;
+            map.next_value::<IgnoredAny>()?;
+        }
+        Ok(shape)
+    }
+}
+
+/// Reads an object key and tells whether it is one of [`FIELDS`], without copying it.
+struct IsReserved;
+
+impl<'de> DeserializeSeed<'de> for IsReserved {
+    type Value = bool;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl Visitor<'_> for IsReserved {
+    type Value = bool;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a key")
+    }
+
+    fn visit_str<E: de::Error>(self, key: &str) -> Result<bool, E> {
+        Ok(FIELDS.contains(&key))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    fn run(value: &[u8]) -> Result<Value, String> {
+        let mut stage = Enrich::init("{}").unwrap();
+        let cx = Context {
+            topic: "trades",
+            partition: 3,
+            processing_time_ms: 1_700_000_000_500,
+        };
+        let record = Record {
+            key: Some(b"k"),
+            value,
+            timestamp_ms: 1_700_000_000_000,
+            offset: 42,
+            headers: &[],
+        };
+        let mut out = Emitter::default();
+        stage.process(&cx, &record, &mut out)?;
+        assert_eq!(out.records.len(), 1);
+        assert_eq!(out.key(0), Some(&b"k"[..]));
+        Ok(serde_json::from_slice(out.value(0)).expect("output is JSON"))
+    }
+
+    #[test]
+    fn adds_the_metadata_fields() {
+        let out = run(br#"{"s":"BTCUSDT","p":"1.5"}"#).unwrap();
+        assert_eq!(
+            out,
+            json!({"s":"BTCUSDT","p":"1.5","kafka_topic":"trades","kafka_partition":3,"kafka_offset":42,
+                   "kafka_timestamp":1_700_000_000_000_i64,"ingestion_timestamp":1_700_000_000_500_i64})
+        );
+    }
+
+    #[test]
+    fn handles_empty_objects_and_trailing_whitespace() {
+        let out = run(b" {} \n").unwrap();
+        assert_eq!(out["kafka_offset"], 42);
+        assert_eq!(out.as_object().unwrap().len(), 5);
+    }
+
+    #[test]
+    fn replaces_fields_that_are_already_there() {
+        let out = run(br#"{"kafka_offset":"old","a":{"kafka_topic":1}}"#).unwrap();
+        assert_eq!(out["kafka_offset"], 42);
+        assert_eq!(out["a"], json!({"kafka_topic":1}));
+        assert_eq!(out.as_object().unwrap().len(), 6);
+    }
+
+    #[test]
+    fn escapes_the_topic() {
+        let mut stage = Enrich::init("{}").unwrap();
+        let cx = Context {
+            topic: "a\"b",
+            ..Context::default()
+        };
+        let mut out = Emitter::default();
+        stage
+            .process(
+                &cx,
+                &Record {
+                    value: b"{}",
+                    ..Record::default()
+                },
+                &mut out,
+            )
+            .unwrap();
+        let v: Value = serde_json::from_slice(out.value(0)).unwrap();
+        assert_eq!(v["kafka_topic"], "a\"b");
+    }
+
+    #[test]
+    fn rejects_what_is_not_a_json_object() {
+        for bad in [
+            &b"not json"[..],
+            b"[1,2]",
+            b"42",
+            b"{\"a\":1",
+            b"{} {}",
+            b"",
+        ] {
+            let err = run(bad).unwrap_err();
+            assert!(err.starts_with("value is not a JSON object"), "{err}");
+        }
+    }
+
+    #[test]
+    fn rejects_settings() {
+        assert!(
+            Enrich::init(r#"{"x":1}"#)
+                .unwrap_err()
+                .contains("unknown field `x`")
+        );
+    }
+}

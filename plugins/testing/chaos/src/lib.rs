@@ -1,0 +1,46 @@
+//! Test plugin for the host's sandbox: passes every record through unchanged, except values
+//! that ask it to misbehave:
+//! - `chaos:loop` spins forever (the epoch deadline must stop it);
+//! - `chaos:grow` allocates until memory runs out (the memory cap must stop it);
+//! - `chaos:panic` panics, which traps the instance;
+//! - `chaos:error` returns a per-record error, the well-behaved way to fail.
+
+use weir_sdk::{Context, Emitter, Record, Stage};
+
+/// The stage.
+pub struct Chaos;
+
+impl Stage for Chaos {
+    fn init(config: &str) -> Result<Self, String> {
+        if config.contains("fail-init") {
+            return Err("chaos was asked to fail in init".into());
+        }
+        Ok(Chaos)
+    }
+
+    fn process(&mut self, _cx: &Context, record: &Record, out: &mut Emitter) -> Result<(), String> {
+        match record.value {
+            b"chaos:loop" => {
+                let mut n: u64 = 0;
+                loop {
+                    n = std::hint::black_box(n.wrapping_add(1));
+                }
+            }
+            b"chaos:grow" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1; 1 << 20]);
+                    std::hint::black_box(&hoard);
+                }
+            }
+            b"chaos:panic" => panic!("chaos was asked to panic"),
+            b"chaos:error" => Err("chaos was asked to fail this record".into()),
+            value => {
+                out.emit(0, record.key, value, record.timestamp_ms, record.headers);
+                Ok(())
+            }
+        }
+    }
+}
+
+weir_sdk::export_stage!(Chaos);
