@@ -160,13 +160,40 @@ pub fn parse_str(file: &Path, text: &str) -> Result<PipelineSpec, SpecErrors> {
 fn plain_message(rendered: &str) -> String {
     let first = rendered.lines().next().unwrap_or(rendered).trim();
     let first = first.strip_prefix("error: ").unwrap_or(first);
-    match first
+    let message = match first
         .strip_prefix("line ")
         .and_then(|rest| rest.split_once(": "))
     {
-        Some((place, message)) if place.contains(" column ") => message.to_string(),
-        _ => first.to_string(),
+        Some((place, message)) if place.contains(" column ") => message,
+        _ => first,
+    };
+    // The parser names Rust types; say what a person would write instead.
+    match message {
+        "invalid u8" | "invalid u16" | "invalid u32" | "invalid u64" | "invalid usize" => {
+            "expected a whole number, 0 or more".to_string()
+        }
+        "invalid i8" | "invalid i16" | "invalid i32" | "invalid i64" => {
+            "expected a whole number".to_string()
+        }
+        "invalid f32" | "invalid f64" => "expected a number".to_string(),
+        "invalid bool" => "expected `true` or `false`".to_string(),
+        other => other.to_string(),
     }
+}
+
+/// `a/b/../c` → `a/c`, without touching the file system (the file may not exist).
+fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for part in path.components() {
+        match part {
+            std::path::Component::ParentDir if out.file_name().is_some() => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 /// Parses and checks a pipeline file, compiling and initialising its plugins.
@@ -392,7 +419,7 @@ fn check_source(source: &Spanned<SourceSpec>, dir: &Path, problems: &mut Problem
             if f.batch_size.value == 0 {
                 problems.at(&f.batch_size.referenced, "batch_size must be at least 1");
             }
-            let path = dir.join(&f.path.value);
+            let path = normalize(&dir.join(&f.path.value));
             if !path.is_file() {
                 problems.at(
                     &f.path.referenced,
@@ -476,7 +503,7 @@ fn start_stage(
         }
         limits.fuel_per_call = Some(fuel.value);
     }
-    let path = dir.join(&stage.plugin.value);
+    let path = normalize(&dir.join(&stage.plugin.value));
     if !path.is_file() {
         problems.at(
             &stage.plugin.referenced,

@@ -156,7 +156,7 @@ pub enum SinkKind {
     /// One JSON line per record on standard output.
     Stdout(StdoutSinkSpec),
     /// Discards records (counting them): for benchmarks and dry runs.
-    Null(NullSinkSpec),
+    Blackhole(BlackholeSinkSpec),
 }
 
 impl SinkKind {
@@ -166,12 +166,12 @@ impl SinkKind {
             SinkKind::Parquet(_) => "parquet",
             SinkKind::Jsonl(_) => "jsonl",
             SinkKind::Stdout(_) => "stdout",
-            SinkKind::Null(_) => "null",
+            SinkKind::Blackhole(_) => "blackhole",
         }
     }
 }
 
-const SINK_TYPES: &[&str] = &["parquet", "jsonl", "stdout", "null"];
+const SINK_TYPES: &[&str] = &["parquet", "jsonl", "stdout", "blackhole"];
 
 /// Settings of the `parquet` sink.
 #[derive(Debug, Deserialize)]
@@ -265,10 +265,10 @@ pub struct StdoutSinkSpec {
     pub envelope: bool,
 }
 
-/// The `null` sink has no settings.
+/// The `blackhole` sink has no settings.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct NullSinkSpec {}
+pub struct BlackholeSinkSpec {}
 
 /// Checkpoint settings.
 #[derive(Debug, Deserialize)]
@@ -362,14 +362,14 @@ enum SinkKey {
     Parquet,
     Jsonl,
     Stdout,
-    Null,
+    Blackhole,
 }
 
 impl<'de> Visitor<'de> for SinkVisitor {
     type Value = SinkSpec;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a sink: `name`, `input` and one of `parquet`, `jsonl`, `stdout`, `null`")
+        f.write_str("a sink: `name`, `input` and one of `parquet`, `jsonl`, `stdout`, `blackhole`")
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<SinkSpec, A::Error> {
@@ -396,11 +396,10 @@ impl<'de> Visitor<'de> for SinkVisitor {
                         SinkKind::Stdout(s.unwrap_or_default())
                     })
                 }
-                SinkKey::Null => {
-                    spanned_kind(map.next_value::<Spanned<Option<NullSinkSpec>>>()?, |_| {
-                        SinkKind::Null(NullSinkSpec {})
-                    })
-                }
+                SinkKey::Blackhole => spanned_kind(
+                    map.next_value::<Spanned<Option<BlackholeSinkSpec>>>()?,
+                    |_| SinkKind::Blackhole(BlackholeSinkSpec {}),
+                ),
             };
             if let Some(first) = &kind {
                 return Err(de::Error::custom(format!(

@@ -411,43 +411,38 @@ fn arm(store: &mut Store<HostState>, limits: &Limits) -> wasmtime::Result<()> {
 }
 
 fn describe_trap(e: &wasmtime::Error, limits: &Limits, stderr: &MemoryOutputPipe) -> String {
-    let text = super::root_cause(e);
     match e.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => {
-            return format!(
-                "plugin call exceeded its deadline of {} ms (limits.call_timeout_ms)",
-                limits.call_timeout.as_millis()
-            );
+            let ms = limits.call_timeout.as_millis();
+            return format!("plugin call exceeded its deadline of {ms} ms (limits.call_timeout)");
         }
         Some(Trap::OutOfFuel) => {
-            return format!(
-                "plugin call ran out of fuel ({} units, limits.fuel_per_call)",
-                limits.fuel_per_call.unwrap_or_default()
-            );
+            let fuel = limits.fuel_per_call.unwrap_or_default();
+            return format!("plugin call ran out of fuel ({fuel} units, limits.fuel_per_call)");
         }
         _ => {}
     }
-    if text.contains("forcing a memory growth failure") {
-        return format!(
-            "plugin exceeded its memory cap of {} MiB (limits.memory_mib)",
-            limits.memory_bytes >> 20
-        );
+    let text = super::root_cause(e);
+    if text.contains("forcing trap when growing memory")
+        || text.contains("forcing a memory growth failure")
+    {
+        let mib = limits.memory_bytes >> 20;
+        return format!("plugin exceeded its memory cap of {mib} MiB (limits.memory_mib)");
     }
-    let said = String::from_utf8_lossy(&stderr.contents())
-        .trim()
-        .to_string();
-    let said = said
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty() && !l.starts_with("note:"))
-        .unwrap_or("");
+    // One line: the trap and the last thing the guest said (a panic message), not the wasm
+    // backtrace wasmtime wraps the trap in.
     let trap = e
         .downcast_ref::<Trap>()
-        .map_or(text.clone(), |t| t.to_string());
-    if said.is_empty() {
-        format!("plugin trapped: {trap}")
-    } else {
-        format!("plugin trapped: {trap} ({said})")
+        .map_or_else(|| e.root_cause().to_string(), Trap::to_string);
+    let stderr = String::from_utf8_lossy(&stderr.contents()).into_owned();
+    let said = stderr
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with("note:"));
+    match said {
+        Some(said) => format!("plugin trapped: {trap} ({said})"),
+        None => format!("plugin trapped: {trap}"),
     }
 }
 

@@ -29,7 +29,7 @@ pub enum Sink {
     /// JSON lines to a file or standard output.
     Jsonl(jsonl::JsonlSink),
     /// Discards records.
-    Null,
+    Blackhole,
 }
 
 impl Sink {
@@ -48,7 +48,7 @@ impl Sink {
                 jsonl::JsonlSink::file(&dir.join(&spec.path.value), spec.envelope).await?,
             ),
             SinkKind::Stdout(spec) => Sink::Jsonl(jsonl::JsonlSink::stdout(spec.envelope)),
-            SinkKind::Null(_) => Sink::Null,
+            SinkKind::Blackhole(_) => Sink::Blackhole,
         })
     }
 
@@ -57,7 +57,7 @@ impl Sink {
         match self {
             Sink::Parquet(s) => s.write(batch).await,
             Sink::Jsonl(s) => s.write(batch).await.map(|()| Vec::new()),
-            Sink::Null => Ok(Vec::new()),
+            Sink::Blackhole => Ok(Vec::new()),
         }
     }
 
@@ -66,7 +66,7 @@ impl Sink {
         match self {
             Sink::Parquet(s) => s.checkpoint().await,
             Sink::Jsonl(s) => s.flush().await,
-            Sink::Null => Ok(()),
+            Sink::Blackhole => Ok(()),
         }
     }
 
@@ -75,7 +75,7 @@ impl Sink {
         match self {
             Sink::Parquet(s) => Some(format!("{} ({} files)", s.root(), s.files_written)),
             Sink::Jsonl(s) => s.path().map(str::to_string),
-            Sink::Null => None,
+            Sink::Blackhole => None,
         }
     }
 }

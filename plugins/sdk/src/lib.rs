@@ -248,9 +248,9 @@ macro_rules! export_stage {
                     STAGE.with(|slot| {
                         $crate::wasm::on_watermark::<$stage>(slot, watermark_ms, fired)
                     })
-        }
+                }
             }
-            $crate::wasm::bindings::__export_bindings!(Export with_types_in $crate::wasm::bindings);
+    $crate::wasm::bindings::__export_bindings!(Export with_types_in $crate::wasm::bindings);
         };
     };
 }

@@ -4,18 +4,40 @@
 //! - `chaos:grow` allocates until memory runs out (the memory cap must stop it);
 //! - `chaos:panic` panics, which traps the instance;
 //! - `chaos:error` returns a per-record error, the well-behaved way to fail.
+//!
+//! Config: `{"outputs": ["late", …]}` declares named outputs (records never go there; it lets
+//! tests check the wiring of named outputs), `{"fail_init": true}` makes `init` refuse.
 
 use weir_sdk::{Context, Emitter, Record, Stage};
 
 /// The stage.
-pub struct Chaos;
+pub struct Chaos {
+    outputs: Vec<String>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    #[serde(default)]
+    outputs: Vec<String>,
+    #[serde(default)]
+    fail_init: bool,
+}
 
 impl Stage for Chaos {
     fn init(config: &str) -> Result<Self, String> {
-        if config.contains("fail-init") {
+        let config: Config =
+            serde_json::from_str(config).map_err(|e| format!("bad chaos config: {e}"))?;
+        if config.fail_init {
             return Err("chaos was asked to fail in init".into());
         }
-        Ok(Chaos)
+        Ok(Chaos {
+            outputs: config.outputs,
+        })
+    }
+
+    fn outputs(&self) -> Vec<String> {
+        self.outputs.clone()
     }
 
     fn process(&mut self, _cx: &Context, record: &Record, out: &mut Emitter) -> Result<(), String> {

@@ -1,0 +1,124 @@
+//! End to end: the quick-start pipeline (generator → enrich in WebAssembly → Parquet) runs as
+//! the `weir` binary, and DuckDB, reading the Parquet files on its own, finds every generated
+//! trade exactly once with the enriched fields right.
+
+mod support;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+#[test]
+fn quickstart_writes_every_trade_once_with_enriched_fields() {
+    support::plugin("enrich");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path();
+    let quickstart =
+        std::fs::read_to_string(support::repo().join("pipelines/quickstart.yaml")).unwrap();
+    let count: u64 = quickstart
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("count: "))
+        .and_then(|c| c.parse().ok())
+        .expect("the quick start sets a count");
+
+    // The quick start itself, with its output moved to a temporary folder.
+    let pipeline = quickstart
+        .replace("../plugins/dist", "{plugins}")
+        .replace("../data/quickstart", "{out}");
+    let file = support::pipeline_file(out, "quickstart.yaml", &pipeline);
+    let started = now_ms();
+    let run = support::weir()
+        .args(["run", "--quiet"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let ended = now_ms();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "weir run failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("{out}/trades", out = out.display())),
+        "the summary says where the output is:\n{stdout}"
+    );
+
+    // The same generator settings, straight to JSON lines: what the Parquet files must hold.
+    let source_part = &quickstart[..quickstart.find("\nstages:").unwrap()];
+    let reference = format!(
+        "{source_part}\nsinks:\n  - name: raw\n    input: source\n    jsonl:\n      path: {{out}}/generated.jsonl\n"
+    );
+    let file = support::pipeline_file(
+        out,
+        "reference.yaml",
+        &reference.replace("name: quickstart", "name: reference"),
+    );
+    let run = support::weir()
+        .args(["run", "--quiet"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+
+    let parquet = format!(
+        "read_parquet('{}/trades/**/*.parquet', hive_partitioning = true)",
+        out.display()
+    );
+    let generated = format!("read_ndjson_objects('{}/generated.jsonl')", out.display());
+
+    let totals = &support::duckdb(&format!(
+        "SELECT count(*) AS n, count(DISTINCT trade_id) AS ids, min(trade_id) AS lo, max(trade_id) AS hi,
+                count(DISTINCT (year, month, day, hour)) AS hours, min(year) AS year FROM {parquet}"
+    ))[0];
+    assert_eq!(totals["n"], count, "every trade, no more");
+    assert_eq!(totals["ids"], count, "no trade twice");
+    assert_eq!(totals["lo"], 1_000_000);
+    assert_eq!(totals["hi"], 1_000_000 + count - 1);
+    assert_eq!(
+        totals["hours"], 1,
+        "three minutes of trades land in one hour folder"
+    );
+    assert_eq!(totals["year"], 2026);
+
+    // Field by field against the generated input; a full join also catches anything missing.
+    let mismatches = &support::duckdb(&format!(
+        "WITH g AS (
+           SELECT json->>'s' AS s, (json->>'t')::BIGINT AS t, (json->>'p')::DOUBLE AS p, (json->>'q')::DOUBLE AS q,
+                  (json->>'m')::BOOLEAN AS m, (json->>'T')::BIGINT AS tt, (json->>'E')::BIGINT AS et FROM {generated})
+         SELECT count(*) AS bad FROM g FULL OUTER JOIN {parquet} w ON g.t = w.trade_id
+         WHERE g.t IS NULL OR w.trade_id IS NULL
+            OR w.symbol <> g.s OR w.price <> g.p OR w.quantity <> g.q OR w.buyer_is_maker <> g.m
+            OR epoch_ms(w.trade_time) <> g.tt OR epoch_ms(w.event_time) <> g.et
+            OR w.kafka_topic <> 'generator' OR w.kafka_partition <> 0
+            OR w.kafka_offset <> g.t - 1000000 OR epoch_ms(w.kafka_timestamp) <> g.tt"
+    ))[0];
+    assert_eq!(
+        mismatches["bad"], 0,
+        "every field of every trade matches the generated input"
+    );
+
+    let ingested = &support::duckdb(&format!(
+        "SELECT min(epoch_ms(ingestion_timestamp)) AS lo, max(epoch_ms(ingestion_timestamp)) AS hi FROM {parquet}"
+    ))[0];
+    let (lo, hi) = (
+        ingested["lo"].as_i64().unwrap(),
+        ingested["hi"].as_i64().unwrap(),
+    );
+    assert!(
+        started <= lo && hi <= ended,
+        "ingestion time {lo}..{hi} lies within the run {started}..{ended}"
+    );
+
+    let dead = std::fs::read_to_string(out.join("dead-letters.jsonl")).unwrap_or_default();
+    assert_eq!(dead, "", "no dead letters");
+}
