@@ -81,3 +81,41 @@ fn validate_command_prints_the_errors_and_exits_non_zero() {
         "{stderr}"
     );
 }
+
+/// Every option of the pipeline file (a field of a spec struct) is described in
+/// docs/pipeline.md, so the reference cannot fall behind the code.
+#[test]
+fn every_option_is_documented() {
+    let spec = fs::read_to_string(support::repo().join("host/src/pipeline/spec.rs")).unwrap();
+    let docs = fs::read_to_string(support::repo().join("docs/pipeline.md")).unwrap();
+    let mut missing = Vec::new();
+    for line in spec.lines() {
+        let Some(field) = line
+            .trim()
+            .strip_prefix("pub ")
+            .and_then(|rest| rest.split_once(':'))
+            .map(|(f, _)| f)
+        else {
+            continue;
+        };
+        if !field.chars().all(|c| c.is_ascii_lowercase() || c == '_') || field == "kind" {
+            continue; // not a field, or the type key of a sink / column (documented as such)
+        }
+        if !docs.contains(&format!("| `{field}` |")) {
+            missing.push(field.to_string());
+        }
+    }
+    for name in [
+        "generator",
+        "file",
+        "parquet",
+        "jsonl",
+        "stdout",
+        "blackhole",
+    ] {
+        if !docs.contains(&format!("`{name}`")) {
+            missing.push(name.to_string());
+        }
+    }
+    assert!(missing.is_empty(), "not in docs/pipeline.md: {missing:?}");
+}

@@ -1,1 +1,302 @@
-fn main() {}
+//! Benchmark: generator → enrich → null, with `enrich` as a WebAssembly component and as the
+//! same Rust logic compiled natively, at batch sizes 1, 64 and 1024; and the whole `weir run`
+//! runtime (threads, channels) with and without the stage.
+//!
+//! `cargo bench --bench enrich` runs every mode in a child process of its own (so each peak RSS
+//! is its own) and prints a table. One mode alone: `cargo bench --bench enrich -- MODE BATCH`,
+//! with MODE one of `native`, `wasm`, `pipeline`, `pipeline-no-stage`.
+//!
+//! Each loop mode runs on one thread: generate a batch, hand it to the stage, count the output
+//! (the null sink). It reports records per second over the whole loop, the stage's share, and
+//! per-batch latency percentiles of the stage call.
+#![allow(missing_docs)]
+
+use std::{
+    path::PathBuf,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use weir::{
+    pipeline::{
+        self,
+        spec::{GeneratorSpec, TradeFormat, unspanned},
+    },
+    plugin::{Limits, PluginHost, StageRunner},
+    record::Batch,
+    runtime::{self, RunOptions},
+    sources::generator::{Generator, TOPIC},
+};
+use weir_sdk::{Context, Emitter, Record, Stage};
+
+const WARMUP: Duration = Duration::from_millis(500);
+const MEASURE: Duration = Duration::from_secs(3);
+const PIPELINE_RECORDS: u64 = 3_000_000;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn generator() -> Generator {
+    let spec = GeneratorSpec {
+        count: None,
+        rate_per_sec: None,
+        seed: 42,
+        format: TradeFormat::Binance,
+        symbols: None,
+        start_time_ms: Some(1_767_225_600_000),
+        events_per_sec: None,
+        batch_size: unspanned(1024),
+    };
+    Generator::new(&spec, 0)
+}
+
+fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// The result line a child prints: `records_per_sec stage_records_per_sec p50_us p99_us p999_us rss_mib`.
+struct Measured {
+    rate: f64,
+    stage_rate: f64,
+    p50: f64,
+    p99: f64,
+    p999: f64,
+    rss: f64,
+}
+
+impl Measured {
+    fn print(&self) {
+        println!(
+            "{} {} {} {} {} {}",
+            self.rate, self.stage_rate, self.p50, self.p99, self.p999, self.rss
+        );
+    }
+
+    fn parse(line: &str) -> Option<Measured> {
+        let v: Vec<f64> = line
+            .split_whitespace()
+            .map(|x| x.parse().ok())
+            .collect::<Option<_>>()?;
+        let [rate, stage_rate, p50, p99, p999, rss] = v[..] else {
+            return None;
+        };
+        Some(Measured {
+            rate,
+            stage_rate,
+            p50,
+            p99,
+            p999,
+            rss,
+        })
+    }
+}
+
+/// Generates batches and hands each to `stage`, for WARMUP then MEASURE.
+fn run_loop(batch_size: usize, mut stage: impl FnMut(&Batch) -> usize) -> Measured {
+    let mut generator = generator();
+    let mut latencies = Vec::new();
+    let (mut records, mut stage_time, mut outputs) = (0u64, Duration::ZERO, 0usize);
+    let started = Instant::now();
+    let mut measuring_since = None;
+    let (mut calls, sample_every) = (0u64, 1024u64.div_ceil(batch_size as u64));
+    loop {
+        let mut batch = Batch::with_capacity(TOPIC, 0, batch_size, batch_size * 200);
+        generator.fill(&mut batch, batch_size);
+        batch.processing_time_ms = 1_795_000_000_000;
+        let t = Instant::now();
+        outputs += stage(&batch);
+        let took = t.elapsed();
+        match measuring_since {
+            None if started.elapsed() >= WARMUP => measuring_since = Some(Instant::now()),
+            None => {}
+            Some(since) => {
+                records += batch_size as u64;
+                stage_time += took;
+                // Sampled, so that the samples themselves do not weigh on peak RSS at batch 1.
+                calls += 1;
+                if calls % sample_every == 0 {
+                    latencies.push(took);
+                }
+                if since.elapsed() >= MEASURE {
+                    let total = since.elapsed();
+                    assert!(outputs > 0);
+                    latencies.sort();
+                    let pct = |p: f64| {
+                        latencies[((latencies.len() - 1) as f64 * p) as usize].as_secs_f64() * 1e6
+                    };
+                    return Measured {
+                        rate: records as f64 / total.as_secs_f64(),
+                        stage_rate: records as f64 / stage_time.as_secs_f64(),
+                        p50: pct(0.5),
+                        p99: pct(0.99),
+                        p999: pct(0.999),
+                        rss: peak_rss_mib(),
+                    };
+                }
+            }
+        }
+    }
+}
+
+fn native(batch_size: usize) -> Measured {
+    let mut stage = weir_enrich::Enrich::init("{}").unwrap();
+    let mut out = Emitter::default();
+    run_loop(batch_size, |batch| {
+        out.clear();
+        let cx = Context {
+            topic: &batch.topic,
+            partition: batch.partition,
+            processing_time_ms: batch.processing_time_ms,
+        };
+        for (i, r) in batch.records.iter().enumerate() {
+            let record = Record {
+                key: batch.key(i),
+                value: batch.value(i),
+                timestamp_ms: r.timestamp_ms,
+                offset: r.offset,
+                headers: &[],
+            };
+            out.current_input = Some(i as u32);
+            stage.process(&cx, &record, &mut out).unwrap();
+        }
+        out.records.len()
+    })
+}
+
+fn wasm(batch_size: usize) -> Measured {
+    let host = PluginHost::new(None).unwrap();
+    let plugin = host
+        .load(&repo().join("plugins/dist/enrich.wasm"), false)
+        .expect("run `make plugins` first");
+    let mut runner = StageRunner::start("enrich", plugin, "{}".into(), Limits::default()).unwrap();
+    run_loop(batch_size, |batch| {
+        let out = runner.process(batch).unwrap();
+        assert!(out.errors.is_empty());
+        out.records.len()
+    })
+}
+
+/// The whole runtime: `weir run` on a generator → (enrich) → blackhole pipeline.
+fn pipeline(batch_size: usize, with_stage: bool) -> Measured {
+    let stages = if with_stage {
+        format!(
+            "stages:\n  - name: enrich\n    plugin: {}/plugins/dist/enrich.wasm\n",
+            repo().display()
+        )
+    } else {
+        String::new()
+    };
+    let input = if with_stage { "enrich" } else { "source" };
+    let yaml = format!(
+        "version: 1\nname: bench\nsource:\n  generator:\n    count: {PIPELINE_RECORDS}\n    seed: 42\n    batch_size: {batch_size}\n    start_time_ms: 1767225600000\n{stages}sinks:\n  - name: out\n    input: {input}\n    blackhole: {{}}\n  - name: dead\n    input: dlq\n    blackhole: {{}}\n"
+    );
+    let dir = std::env::temp_dir();
+    let file = dir.join("weir-bench.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    let host = PluginHost::new(None).unwrap();
+    let p = pipeline::load(&file, &host).unwrap_or_else(|e| panic!("{e}"));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let summary = rt
+        .block_on(runtime::run(
+            p,
+            std::future::pending(),
+            RunOptions::default(),
+        ))
+        .unwrap();
+    assert_eq!(summary.records_in, PIPELINE_RECORDS);
+    let rate = PIPELINE_RECORDS as f64 / summary.elapsed.as_secs_f64();
+    Measured {
+        rate,
+        stage_rate: f64::NAN,
+        p50: f64::NAN,
+        p99: f64::NAN,
+        p999: f64::NAN,
+        rss: peak_rss_mib(),
+    }
+}
+
+fn child(mode: &str, batch: usize) -> Measured {
+    let exe = std::env::current_exe().unwrap();
+    let out = Command::new(exe)
+        .args([mode, &batch.to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{mode} {batch} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    stdout
+        .lines()
+        .rev()
+        .find_map(Measured::parse)
+        .unwrap_or_else(|| panic!("no result from {mode}: {stdout}"))
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    if let [mode, batch] = &args[..] {
+        let batch: usize = batch.parse().expect("batch size");
+        let m = match mode.as_str() {
+            "native" => native(batch),
+            "wasm" => wasm(batch),
+            "pipeline" => pipeline(batch, true),
+            "pipeline-no-stage" => pipeline(batch, false),
+            other => panic!("unknown mode {other}"),
+        };
+        m.print();
+        return;
+    }
+    println!(
+        "enrich benchmark: generator → enrich → null, one thread; {} s per mode after {} ms warm-up",
+        MEASURE.as_secs(),
+        WARMUP.as_millis()
+    );
+    println!(
+        "{:<18} {:>6} {:>14} {:>16} {:>11} {:>11} {:>11} {:>9}",
+        "mode", "batch", "records/s", "stage records/s", "p50 µs", "p99 µs", "p99.9 µs", "RSS MiB"
+    );
+    let row = |name: &str, batch: usize, m: &Measured| {
+        println!(
+            "{name:<18} {batch:>6} {:>14.0} {:>16.0} {:>11.1} {:>11.1} {:>11.1} {:>9.1}",
+            m.rate, m.stage_rate, m.p50, m.p99, m.p999, m.rss
+        );
+    };
+    for batch in [1, 64, 1024] {
+        let n = child("native", batch);
+        row("native", batch, &n);
+        let w = child("wasm", batch);
+        row("wasm", batch, &w);
+        println!(
+            "{:<18} {batch:>6} {:>14} {:>16}   (wasm / native: loop {:.2}×, stage {:.2}× slower)",
+            "",
+            "",
+            "",
+            n.rate / w.rate,
+            n.stage_rate / w.stage_rate
+        );
+    }
+    println!(
+        "\nthe whole runtime (`weir run`: source task, stage thread, sink task), {PIPELINE_RECORDS} records:"
+    );
+    let base = child("pipeline-no-stage", 1024);
+    row("no stage", 1024, &base);
+    let full = child("pipeline", 1024);
+    row("enrich (wasm)", 1024, &full);
+}

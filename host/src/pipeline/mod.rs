@@ -126,7 +126,7 @@ pub struct Pipeline {
 impl Pipeline {
     /// Resolves a path written in the pipeline file.
     pub fn resolve(&self, path: &str) -> PathBuf {
-        self.dir.join(path)
+        normalize(&self.dir.join(path))
     }
 }
 
@@ -182,7 +182,7 @@ fn plain_message(rendered: &str) -> String {
 }
 
 /// `a/b/../c` → `a/c`, without touching the file system (the file may not exist).
-fn normalize(path: &Path) -> PathBuf {
+pub fn normalize(path: &Path) -> PathBuf {
     let mut out = PathBuf::new();
     for part in path.components() {
         match part {
@@ -406,13 +406,13 @@ fn check_source(source: &Spanned<SourceSpec>, dir: &Path, problems: &mut Problem
                     );
                 }
             }
-            if let Some(symbols) = &g.symbols {
-                if symbols.value.is_empty() || symbols.value.iter().any(|s| s.is_empty()) {
-                    problems.at(
-                        &symbols.referenced,
-                        "symbols must be a non-empty list of non-empty names",
-                    );
-                }
+            if let Some(symbols) = &g.symbols
+                && (symbols.value.is_empty() || symbols.value.iter().any(|s| s.is_empty()))
+            {
+                problems.at(
+                    &symbols.referenced,
+                    "symbols must be a non-empty list of non-empty names",
+                );
             }
         }
         SourceSpec::File(f) => {
@@ -453,13 +453,13 @@ fn check_parquet(parquet: &spec::ParquetSinkSpec, problems: &mut Problems) {
             );
         }
     }
-    if let Some(max) = &parquet.max_file_bytes {
-        if max.value < 1 << 20 {
-            problems.at(
-                &max.referenced,
-                "max_file_bytes must be at least 1048576 (1 MiB)",
-            );
-        }
+    if let Some(max) = &parquet.max_file_bytes
+        && max.value < 1 << 20
+    {
+        problems.at(
+            &max.referenced,
+            "max_file_bytes must be at least 1048576 (1 MiB)",
+        );
     }
 }
 

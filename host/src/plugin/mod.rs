@@ -266,6 +266,10 @@ fn engine_config(fuel: bool) -> Config {
     config.cranelift_opt_level(OptLevel::Speed);
     config.epoch_interruption(true);
     config.consume_fuel(fuel);
+    // `WEIR_WASM_PROFILER=perfmap` writes /tmp/perf-PID.map, so `perf` names plugin functions.
+    if std::env::var("WEIR_WASM_PROFILER").is_ok_and(|p| p == "perfmap") {
+        config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
     config
 }
 

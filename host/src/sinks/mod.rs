@@ -5,7 +5,10 @@ pub mod parquet;
 
 use std::path::Path;
 
-use crate::{pipeline::spec::SinkKind, record::Batch};
+use crate::{
+    pipeline::{normalize, spec::SinkKind},
+    record::Batch,
+};
 
 /// Records a sink could not take: (index in the batch, reason). They go to the dead-letter
 /// output; the rest of the batch is written.
@@ -25,7 +28,7 @@ pub enum SinkError {
 /// A running sink.
 pub enum Sink {
     /// Parquet files.
-    Parquet(parquet::ParquetSink),
+    Parquet(Box<parquet::ParquetSink>),
     /// JSON lines to a file or standard output.
     Jsonl(jsonl::JsonlSink),
     /// Discards records.
@@ -41,11 +44,12 @@ impl Sink {
         run: &str,
     ) -> Result<Sink, SinkError> {
         Ok(match kind {
-            SinkKind::Parquet(spec) => {
-                Sink::Parquet(parquet::ParquetSink::open(spec, dir, pipeline, run)?)
-            }
+            SinkKind::Parquet(spec) => Sink::Parquet(Box::new(parquet::ParquetSink::open(
+                spec, dir, pipeline, run,
+            )?)),
             SinkKind::Jsonl(spec) => Sink::Jsonl(
-                jsonl::JsonlSink::file(&dir.join(&spec.path.value), spec.envelope).await?,
+                jsonl::JsonlSink::file(&normalize(&dir.join(&spec.path.value)), spec.envelope)
+                    .await?,
             ),
             SinkKind::Stdout(spec) => Sink::Jsonl(jsonl::JsonlSink::stdout(spec.envelope)),
             SinkKind::Blackhole(_) => Sink::Blackhole,

@@ -89,7 +89,7 @@ impl ParquetSink {
         pipeline: &str,
         run: &str,
     ) -> Result<ParquetSink, SinkError> {
-        let root = dir.join(&spec.path.value);
+        let root = crate::pipeline::normalize(&dir.join(&spec.path.value));
         std::fs::create_dir_all(&root)
             .map_err(|e| SinkError::Io(format!("cannot create {}: {e}", root.display())))?;
         let store = LocalFileSystem::new_with_prefix(&root)

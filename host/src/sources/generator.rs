@@ -215,10 +215,10 @@ impl Generator {
 /// `BTCUSDT` → `BTC/USDT`, as Kraken writes pairs.
 fn kraken_pair(symbol: &str) -> String {
     for quote in ["USDT", "USDC", "USD", "EUR", "BTC"] {
-        if let Some(base) = symbol.strip_suffix(quote) {
-            if !base.is_empty() {
-                return format!("{base}/{quote}");
-            }
+        if let Some(base) = symbol.strip_suffix(quote)
+            && !base.is_empty()
+        {
+            return format!("{base}/{quote}");
         }
     }
     symbol.to_string()

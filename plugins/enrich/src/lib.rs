@@ -6,13 +6,12 @@
 //! a JSON object is a per-record error and goes to the dead-letter output.
 //!
 //! The common case, an object that has none of those fields yet, is handled without building a
-//! tree: one validating pass over the value (no allocation), then the fields are written before
-//! its closing brace. An object that already has one of the fields is rebuilt with the field
+//! tree: one validating pass over the value (see [`scan`]; no allocation), then the fields are
+//! written before its closing brace. An object that already has one of the fields is rebuilt with the field
 //! replaced, so the output never holds a key twice.
 
-use std::fmt;
+mod scan;
 
-use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use weir_sdk::{Context, Emitter, Record, Stage};
 
 /// The fields the stage adds, in the order it writes them.
@@ -47,7 +46,8 @@ impl Stage for Enrich {
             self.topic = cx.topic.to_owned();
             self.topic_json = serde_json::to_vec(cx.topic).expect("a string always serialises");
         }
-        let shape = scan_object(record.value)?;
+        let shape = scan::scan_object(record.value, &FIELDS)
+            .map_err(|e| format!("value is not a JSON object: {e}"))?;
         if shape.has_reserved_key {
             let value = self.rebuild(cx, record)?;
             out.emit(0, record.key, &value, record.timestamp_ms, record.headers);
@@ -91,74 +91,12 @@ impl Enrich {
 
 weir_sdk::export_stage!(Enrich);
 
-/// What one validating pass learnt about a JSON object.
-struct Shape {
-    is_empty: bool,
-    has_reserved_key: bool,
-}
-
-/// Checks that `value` is exactly one JSON object, without building it.
-fn scan_object(value: &[u8]) -> Result<Shape, String> {
-    let mut de = serde_json::Deserializer::from_slice(value);
-    let shape = de::Deserializer::deserialize_any(&mut de, ObjectVisitor)
-        .map_err(|e| format!("value is not a JSON object: {e}"))?;
-    de.end()
-        .map_err(|e| format!("value is not a JSON object: {e}"))?;
-    Ok(shape)
-}
-
 fn trim_end(value: &[u8]) -> &[u8] {
     let end = value
         .iter()
         .rposition(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
         .map_or(0, |i| i + 1);
     &value[..end]
-}
-
-struct ObjectVisitor;
-
-impl<'de> Visitor<'de> for ObjectVisitor {
-    type Value = Shape;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a JSON object")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Shape, A::Error> {
-        let mut shape = Shape {
-            is_empty: true,
-            has_reserved_key: false,
-        };
-        while let Some(reserved) = map.next_key_seed(IsReserved)? {
-            shape.is_empty = false;
-            shape.has_reserved_key |= reserved;
-            map.next_value::<IgnoredAny>()?;
-        }
-        Ok(shape)
-    }
-}
-
-/// Reads an object key and tells whether it is one of [`FIELDS`], without copying it.
-struct IsReserved;
-
-impl<'de> DeserializeSeed<'de> for IsReserved {
-    type Value = bool;
-
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
-        d.deserialize_str(self)
-    }
-}
-
-impl Visitor<'_> for IsReserved {
-    type Value = bool;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a key")
-    }
-
-    fn visit_str<E: de::Error>(self, key: &str) -> Result<bool, E> {
-        Ok(FIELDS.contains(&key))
-    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,62 @@
+# Weir's entry points. The README's two commands are `make quickstart` and `make test`.
+#
+# Build artifacts live outside the clone (CARGO_TARGET_DIR, default ~/.cache/weir/target) so
+# that a fresh clone, and CI, reuse one build cache.
+
+SHELL := /bin/bash
+export CARGO_TARGET_DIR ?= $(HOME)/.cache/weir/target
+VENV ?= $(HOME)/.cache/weir/venv
+export WEIR_PYTHON ?= $(VENV)/bin/python
+WEIR := $(CARGO_TARGET_DIR)/release/weir
+
+.PHONY: quickstart test toolchain plugins build readers lint unit bench clean-data
+
+## Sets up what is missing, builds, and runs pipelines/quickstart.yaml on embedded defaults.
+quickstart: plugins build
+	$(WEIR) run pipelines/quickstart.yaml
+	@echo "Open the Parquet files with any reader, e.g.:"
+	@echo "  python3 -c \"import pyarrow.dataset as d; print(d.dataset('data/quickstart/trades', partitioning='hive').to_table())\""
+
+## Sets up what is missing and runs every check: format, lints, unit and integration tests.
+test: plugins readers lint unit
+	@if cargo nextest --version >/dev/null 2>&1; then \
+	  cargo nextest run --release --workspace --no-fail-fast; \
+	else \
+	  cargo test --release --workspace --no-fail-fast; \
+	fi
+
+## The WebAssembly target (rust-toolchain.toml names it too; this also covers an older rustup).
+toolchain:
+	@command -v cargo >/dev/null || { echo "Rust is needed: https://rustup.rs"; exit 1; }
+	@rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
+
+## Builds every guest plugin into plugins/dist/.
+plugins: toolchain
+	plugins/build.sh
+
+## Builds the host.
+build:
+	cargo build --release
+
+## The Python readers tests use to check output independently (pyarrow, DuckDB).
+readers:
+	@[ -x $(VENV)/bin/python ] || python3 -m venv $(VENV)
+	@$(VENV)/bin/pip install --quiet --disable-pip-version-check -r tests/requirements.txt
+
+## Formatting and clippy, for the host and the plugins, warnings as errors.
+lint:
+	cargo fmt --all --check
+	cd plugins && cargo fmt --all --check
+	cargo clippy --release --workspace --all-targets -- -D warnings
+	cd plugins && cargo clippy --release --workspace --all-targets -- -D warnings
+
+## The plugins' own logic, natively.
+unit:
+	cd plugins && cargo test --release --workspace
+
+## The enrich benchmark: WebAssembly against the same logic compiled natively.
+bench: plugins
+	cargo bench --bench enrich
+
+clean-data:
+	rm -rf data
