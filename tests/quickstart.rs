@@ -122,3 +122,66 @@ fn quickstart_writes_every_trade_once_with_enriched_fields() {
     let dead = std::fs::read_to_string(out.join("dead-letters.jsonl")).unwrap_or_default();
     assert_eq!(dead, "", "no dead letters");
 }
+
+/// Ctrl-C (SIGINT) stops an unbounded pipeline gracefully: the process exits 0, prints its
+/// progress while running, and every record it reports written is in complete Parquet files.
+#[test]
+fn ctrl_c_finishes_what_is_in_flight() {
+    support::plugin("enrich");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path();
+    let quickstart =
+        std::fs::read_to_string(support::repo().join("pipelines/quickstart.yaml")).unwrap();
+    let unbounded = quickstart
+        .replace("    count: 200000\n", "    rate_per_sec: 20000\n")
+        .replace("../plugins/dist", "{plugins}")
+        .replace("../data/quickstart", "{out}");
+    assert!(
+        !unbounded.contains("count:"),
+        "the quick start's count is on its own line"
+    );
+    let file = support::pipeline_file(out, "unbounded.yaml", &unbounded);
+    let child = support::weir()
+        .arg("run")
+        .arg(&file)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let run = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        run.status.success(),
+        "exit {:?}\n{stdout}\n{stderr}",
+        run.status
+    );
+    assert!(
+        stderr.contains("s] generator "),
+        "a progress line was printed:\n{stderr}"
+    );
+
+    let written: u64 = stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("sink trades: "))
+        .and_then(|rest| rest.split(' ').next())
+        .map(|n| n.replace(',', "").parse().unwrap())
+        .unwrap_or_else(|| panic!("summary names the trades sink:\n{stdout}"));
+    assert!(written > 10_000, "about 2.5 s at 20,000/s: {written}");
+    let parquet = format!("read_parquet('{}/trades/**/*.parquet')", out.display());
+    let counted = &support::duckdb(&format!(
+        "SELECT count(*) AS n, count(DISTINCT trade_id) AS ids, max(kafka_offset) AS hi FROM {parquet}"
+    ))[0];
+    assert_eq!(
+        counted["n"], written,
+        "every record reported written is in a finished file"
+    );
+    assert_eq!(counted["ids"], written);
+    assert_eq!(counted["hi"], written - 1, "a prefix of the stream, no gap");
+}

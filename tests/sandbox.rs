@@ -244,3 +244,47 @@ sinks:
         ]
     );
 }
+
+/// A compiled plugin is cached under its sha256, and a second host loads it from there.
+#[test]
+fn compiled_plugins_are_cached_by_digest() {
+    let cache = tempfile::tempdir().unwrap();
+    let path = support::plugin("enrich");
+    let digest = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(std::fs::read(&path).unwrap()))
+    };
+    let first = PluginHost::new(Some(cache.path().into()))
+        .unwrap()
+        .load(&path, false)
+        .unwrap();
+    assert_eq!(first.digest, digest);
+    let cached: Vec<String> = std::fs::read_dir(cache.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(cached.len(), 1, "{cached:?}");
+    assert!(
+        cached[0].starts_with(&digest) && cached[0].ends_with(".cwasm"),
+        "{cached:?}"
+    );
+
+    let started = Instant::now();
+    let second = PluginHost::new(Some(cache.path().into()))
+        .unwrap()
+        .load(&path, false)
+        .unwrap();
+    let loaded_in = started.elapsed();
+    let mut runner = StageRunner::start("enrich", second, "{}".into(), Limits::default()).unwrap();
+    let mut batch = Batch::with_capacity("t", 0, 1, 16);
+    batch.push(None, b"{}", 0, 0, &[]);
+    assert_eq!(
+        runner.process(&batch).unwrap().records.len(),
+        1,
+        "the cached artifact runs"
+    );
+    assert!(
+        loaded_in < Duration::from_secs(1),
+        "loading from the cache does not compile: {loaded_in:?}"
+    );
+}
