@@ -14,8 +14,8 @@ WEIR := $(CARGO_TARGET_DIR)/release/weir
 ## Sets up what is missing, builds, and runs pipelines/quickstart.yaml on embedded defaults.
 quickstart: plugins build
 	$(WEIR) run pipelines/quickstart.yaml
-	@echo "Open the Parquet files with any reader, e.g.:"
-	@echo "  python3 -c \"import pyarrow.dataset as d; print(d.dataset('data/quickstart/trades', partitioning='hive').to_table())\""
+	@echo "Read the Parquet files with any Parquet reader, for instance DuckDB:"
+	@echo "  SELECT symbol, count(*), avg(price) FROM read_parquet('data/quickstart/trades/**/*.parquet') GROUP BY 1"
 
 ## Sets up what is missing and runs every check: format, lints, unit and integration tests.
 test: plugins readers lint unit
