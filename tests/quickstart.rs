@@ -18,8 +18,7 @@ fn quickstart_writes_every_trade_once_with_enriched_fields() {
     support::plugin("enrich");
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path();
-    let quickstart =
-        std::fs::read_to_string(support::repo().join("pipelines/quickstart.yaml")).unwrap();
+    let quickstart = support::quickstart();
     let count: u64 = quickstart
         .lines()
         .find_map(|l| l.trim().strip_prefix("count: "))
@@ -32,18 +31,8 @@ fn quickstart_writes_every_trade_once_with_enriched_fields() {
         .replace("../data/quickstart", "{out}");
     let file = support::pipeline_file(out, "quickstart.yaml", &pipeline);
     let started = now_ms();
-    let run = support::weir()
-        .args(["run", "--quiet"])
-        .arg(&file)
-        .output()
-        .unwrap();
+    let stdout = support::run_pipeline(&file);
     let ended = now_ms();
-    let stdout = String::from_utf8_lossy(&run.stdout);
-    assert!(
-        run.status.success(),
-        "weir run failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
     assert!(
         stdout.contains(&format!("{out}/trades", out = out.display())),
         "the summary says where the output is:\n{stdout}"
@@ -59,16 +48,7 @@ fn quickstart_writes_every_trade_once_with_enriched_fields() {
         "reference.yaml",
         &reference.replace("name: quickstart", "name: reference"),
     );
-    let run = support::weir()
-        .args(["run", "--quiet"])
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    support::run_pipeline(&file);
 
     let parquet = format!(
         "read_parquet('{}/trades/**/*.parquet', hive_partitioning = true)",
@@ -130,8 +110,7 @@ fn ctrl_c_finishes_what_is_in_flight() {
     support::plugin("enrich");
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path();
-    let quickstart =
-        std::fs::read_to_string(support::repo().join("pipelines/quickstart.yaml")).unwrap();
+    let quickstart = support::quickstart();
     let unbounded = quickstart
         .replace("    count: 200000\n", "    rate_per_sec: 20000\n")
         .replace("../plugins/dist", "{plugins}")

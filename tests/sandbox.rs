@@ -185,16 +185,7 @@ sinks:
     jsonl: { path: dead.jsonl, envelope: true }
 ",
     );
-    let run = support::weir()
-        .args(["run", "--quiet"])
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    support::run_pipeline(&file);
 
     let out = std::fs::read_to_string(dir.path().join("out.jsonl")).unwrap();
     let expected: Vec<&str> = lines

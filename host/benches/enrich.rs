@@ -6,6 +6,10 @@
 //! is its own) and prints a table. One mode alone: `cargo bench --bench enrich -- MODE BATCH`,
 //! with MODE one of `native`, `wasm`, `pipeline`, `pipeline-no-stage`.
 //!
+//! `WEIR_BENCH_RECORDS=N` makes a loop mode process exactly N records with no warm-up, for
+//! `valgrind --tool=callgrind`, whose instruction counts repeat where wall-clock time does not;
+//! mode `generate` (no stage) is the baseline to subtract.
+//!
 //! Each loop mode runs on one thread: generate a batch, hand it to the stage, count the output
 //! (the null sink). It reports records per second over the whole loop, the stage's share, and
 //! per-batch latency percentiles of the stage call.
@@ -102,6 +106,29 @@ impl Measured {
 
 /// Generates batches and hands each to `stage`, for WARMUP then MEASURE.
 fn run_loop(batch_size: usize, mut stage: impl FnMut(&Batch) -> usize) -> Measured {
+    if let Some(total) = std::env::var("WEIR_BENCH_RECORDS")
+        .ok()
+        .and_then(|n| n.parse::<u64>().ok())
+    {
+        let mut generator = generator();
+        let (mut done, mut outputs) = (0, 0);
+        while done < total {
+            let mut batch = Batch::with_capacity(TOPIC, 0, batch_size, batch_size * 200);
+            done += generator.fill(&mut batch, batch_size) as u64;
+            batch.processing_time_ms = 1_795_000_000_000;
+            outputs += stage(&batch);
+        }
+        eprintln!("processed {done} records, {outputs} outputs");
+        let nan = f64::NAN;
+        return Measured {
+            rate: nan,
+            stage_rate: nan,
+            p50: nan,
+            p99: nan,
+            p999: nan,
+            rss: peak_rss_mib(),
+        };
+    }
     let mut generator = generator();
     let mut latencies = Vec::new();
     let (mut records, mut stage_time, mut outputs) = (0u64, Duration::ZERO, 0usize);
@@ -255,6 +282,7 @@ fn main() {
         let batch: usize = batch.parse().expect("batch size");
         let m = match mode.as_str() {
             "native" => native(batch),
+            "generate" => run_loop(batch, |batch| batch.len()),
             "wasm" => wasm(batch),
             "pipeline" => pipeline(batch, true),
             "pipeline-no-stage" => pipeline(batch, false),

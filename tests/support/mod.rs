@@ -87,3 +87,26 @@ pub fn pipeline_file(dir: &Path, name: &str, yaml: &str) -> PathBuf {
     std::fs::write(&path, text).expect("temp dir is writable");
     path
 }
+
+/// Runs `weir run --quiet FILE`, asserts it succeeded, and returns what it printed on stdout.
+pub fn run_pipeline(file: &Path) -> String {
+    let run = weir()
+        .args(["run", "--quiet"])
+        .arg(file)
+        .output()
+        .expect("weir starts");
+    let stdout = String::from_utf8_lossy(&run.stdout).into_owned();
+    assert!(
+        run.status.success(),
+        "weir run {} failed:\n{stdout}\n{}",
+        file.display(),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    stdout
+}
+
+/// The text of `pipelines/quickstart.yaml`.
+pub fn quickstart() -> String {
+    std::fs::read_to_string(repo().join("pipelines/quickstart.yaml"))
+        .expect("the quick start exists")
+}

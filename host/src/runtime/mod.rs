@@ -84,13 +84,20 @@ struct Router {
 }
 
 impl Router {
+    /// The channels of the sinks that read `route`.
+    fn targets(&self, route: Route) -> impl Iterator<Item = &mpsc::Sender<SinkMsg>> {
+        self.sinks
+            .iter()
+            .filter(move |(r, _)| *r == route)
+            .map(|(_, tx)| tx)
+    }
+
+    /// Sends `batch` to every sink that reads `route`, waiting while their channels are full;
+    /// fails if a sink has stopped. For the stage thread.
     fn blocking_send(&self, route: Route, batch: Batch) -> Result<(), ()> {
-        if batch.is_empty() {
-            return Ok(());
-        }
-        let batch = Arc::new(batch);
-        for (r, tx) in &self.sinks {
-            if *r == route {
+        if !batch.is_empty() {
+            let batch = Arc::new(batch);
+            for tx in self.targets(route) {
                 tx.blocking_send(SinkMsg::Batch(batch.clone()))
                     .map_err(|_| ())?;
             }
@@ -98,13 +105,11 @@ impl Router {
         Ok(())
     }
 
+    /// As [`Router::blocking_send`], for async tasks.
     async fn send(&self, route: Route, batch: Batch) -> Result<(), ()> {
-        if batch.is_empty() {
-            return Ok(());
-        }
-        let batch = Arc::new(batch);
-        for (r, tx) in &self.sinks {
-            if *r == route {
+        if !batch.is_empty() {
+            let batch = Arc::new(batch);
+            for tx in self.targets(route) {
                 tx.send(SinkMsg::Batch(batch.clone()))
                     .await
                     .map_err(|_| ())?;
@@ -287,9 +292,9 @@ fn run_chain(
             ChainMsg::Batch(mut batch) => {
                 batch.processing_time_ms = now_ms();
                 let for_source_sinks = router
-                    .sinks
-                    .iter()
-                    .any(|(r, _)| *r == Route::Source)
+                    .targets(Route::Source)
+                    .next()
+                    .is_some()
                     .then(|| batch.clone());
                 if let Some(copy) = for_source_sinks {
                     router
@@ -422,7 +427,7 @@ fn route_outputs(
         stage: index,
         output: 0,
     };
-    if !router.sinks.iter().any(|(r, _)| *r == route) {
+    if router.targets(route).next().is_none() {
         return Ok(default);
     }
     if has_next {
