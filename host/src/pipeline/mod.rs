@@ -309,6 +309,13 @@ pub fn check(file: &Path, spec: PipelineSpec, host: &PluginHost) -> Result<Pipel
             all_stages_started,
             &mut problems,
         );
+        if let SinkKind::Kafka(kafka) = &sink.kind.value {
+            check_properties(
+                &kafka.properties,
+                crate::sinks::kafka::ALLOWED_PROPERTIES,
+                &mut problems,
+            );
+        }
         if let SinkKind::Parquet(parquet) = &sink.kind.value {
             if route == Some(Route::Dlq) {
                 problems.at(
@@ -367,8 +374,10 @@ pub fn check(file: &Path, spec: PipelineSpec, host: &PluginHost) -> Result<Pipel
                 }
             }
         }
-        let may_reject =
-            !stages.is_empty() || sinks.iter().any(|s| matches!(s.kind, SinkKind::Parquet(_)));
+        let json_source = matches!(&spec.source.value, SourceSpec::Kafka(k) if k.format == spec::ValueFormat::Json);
+        let may_reject = json_source
+            || !stages.is_empty()
+            || sinks.iter().any(|s| matches!(s.kind, SinkKind::Parquet(_)));
         if may_reject && !read.contains(&Route::Dlq) {
             problems.at(
                 &spec.sinks.referenced,
@@ -415,6 +424,31 @@ fn check_source(source: &Spanned<SourceSpec>, dir: &Path, problems: &mut Problem
                 );
             }
         }
+        SourceSpec::Kafka(k) => {
+            if k.batch_size.value == 0 {
+                problems.at(&k.batch_size.referenced, "batch_size must be at least 1");
+            }
+            if k.bootstrap_servers.value.trim().is_empty() {
+                problems.at(
+                    &k.bootstrap_servers.referenced,
+                    "bootstrap_servers needs at least one `host:port`",
+                );
+            }
+            if k.topics.value.is_empty() || k.topics.value.iter().any(|t| t.is_empty()) {
+                problems.at(
+                    &k.topics.referenced,
+                    "topics must be a non-empty list of topic names",
+                );
+            }
+            if k.group_id.value.is_empty() {
+                problems.at(&k.group_id.referenced, "group_id must not be empty");
+            }
+            check_properties(
+                &k.properties,
+                crate::sources::kafka::ALLOWED_PROPERTIES,
+                problems,
+            );
+        }
         SourceSpec::File(f) => {
             if f.batch_size.value == 0 {
                 problems.at(&f.batch_size.referenced, "batch_size must be at least 1");
@@ -430,6 +464,24 @@ fn check_source(source: &Spanned<SourceSpec>, dir: &Path, problems: &mut Problem
                     ),
                 );
             }
+        }
+    }
+}
+
+fn check_properties(
+    properties: &Spanned<std::collections::BTreeMap<String, String>>,
+    allowed: &[&str],
+    problems: &mut Problems,
+) {
+    for key in properties.value.keys() {
+        if !allowed.contains(&key.as_str()) {
+            problems.at(
+                &properties.referenced,
+                format!(
+                    "client property `{key}` cannot be set here; allowed: {}",
+                    allowed.join(", ")
+                ),
+            );
         }
     }
 }

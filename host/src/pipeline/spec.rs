@@ -52,6 +52,58 @@ pub enum SourceSpec {
     Generator(GeneratorSpec),
     /// A file of JSON lines (any text lines, in fact: each line is one record's value).
     File(FileSourceSpec),
+    /// Topics of a Kafka cluster, read as a member of a consumer group.
+    Kafka(KafkaSourceSpec),
+}
+
+/// Where a consumer group starts reading a partition it has no committed offset for.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum StartFrom {
+    /// The oldest message still in the partition.
+    #[default]
+    Earliest,
+    /// Only messages produced from now on.
+    Latest,
+}
+
+/// How the Kafka source treats message values.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ValueFormat {
+    /// Bytes as they are (for bronze tables that keep the raw value).
+    #[default]
+    Raw,
+    /// Each value must be JSON; one that is not goes to the dead letters.
+    Json,
+}
+
+/// Settings of the `kafka` source.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSourceSpec {
+    /// Brokers to bootstrap from: `host:port[,host:port…]`.
+    pub bootstrap_servers: Spanned<String>,
+    /// Topics to read.
+    pub topics: Spanned<Vec<String>>,
+    /// Consumer group: processes with the same group share the partitions.
+    pub group_id: Spanned<String>,
+    /// Where to start in a partition the group has no committed offset for: `earliest`
+    /// (default) or `latest`.
+    #[serde(default)]
+    pub start_from: StartFrom,
+    /// `raw` (default: values as bytes) or `json` (values that are not JSON go to the dead letters).
+    #[serde(default)]
+    pub format: ValueFormat,
+    /// Records per batch (one partition's records).
+    #[serde(default = "default_batch_size")]
+    pub batch_size: Spanned<usize>,
+    /// Longest a partly filled batch waits for more records (default `50ms`).
+    pub linger: Option<Spanned<DurationSpec>>,
+    /// Extra librdkafka client properties, from an allow-list (timeouts, fetch sizes, SASL/SSL);
+    /// the ones Weir relies on (group, commits, offsets) cannot be changed.
+    #[serde(default = "no_properties")]
+    pub properties: Spanned<std::collections::BTreeMap<String, String>>,
 }
 
 /// Shape of generated trade messages.
@@ -157,6 +209,8 @@ pub enum SinkKind {
     Stdout(StdoutSinkSpec),
     /// Discards records (counting them): for benchmarks and dry runs.
     Blackhole(BlackholeSinkSpec),
+    /// A Kafka topic (also the way to keep dead letters in a DLQ topic).
+    Kafka(KafkaSinkSpec),
 }
 
 impl SinkKind {
@@ -167,11 +221,12 @@ impl SinkKind {
             SinkKind::Jsonl(_) => "jsonl",
             SinkKind::Stdout(_) => "stdout",
             SinkKind::Blackhole(_) => "blackhole",
+            SinkKind::Kafka(_) => "kafka",
         }
     }
 }
 
-const SINK_TYPES: &[&str] = &["parquet", "jsonl", "stdout", "blackhole"];
+const SINK_TYPES: &[&str] = &["parquet", "jsonl", "stdout", "blackhole", "kafka"];
 
 /// Settings of the `parquet` sink.
 #[derive(Debug, Deserialize)]
@@ -265,6 +320,21 @@ pub struct StdoutSinkSpec {
     pub envelope: bool,
 }
 
+/// Settings of the `kafka` sink. Records keep their key, value, headers and timestamp; the
+/// producer is idempotent, so a retried send is not written twice.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSinkSpec {
+    /// Brokers to bootstrap from: `host:port[,host:port…]`.
+    pub bootstrap_servers: Spanned<String>,
+    /// The topic to write to.
+    pub topic: Spanned<String>,
+    /// Extra librdkafka producer properties, from an allow-list (batching, compression,
+    /// timeouts, SASL/SSL).
+    #[serde(default = "no_properties")]
+    pub properties: Spanned<std::collections::BTreeMap<String, String>>,
+}
+
 /// The `blackhole` sink has no settings.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -323,6 +393,10 @@ fn default_seed() -> u64 {
     1
 }
 
+fn no_properties() -> Spanned<std::collections::BTreeMap<String, String>> {
+    unspanned(std::collections::BTreeMap::new())
+}
+
 fn default_true() -> bool {
     true
 }
@@ -363,6 +437,7 @@ enum SinkKey {
     Jsonl,
     Stdout,
     Blackhole,
+    Kafka,
 }
 
 impl<'de> Visitor<'de> for SinkVisitor {
@@ -395,6 +470,9 @@ impl<'de> Visitor<'de> for SinkVisitor {
                     spanned_kind(map.next_value::<Spanned<Option<StdoutSinkSpec>>>()?, |s| {
                         SinkKind::Stdout(s.unwrap_or_default())
                     })
+                }
+                SinkKey::Kafka => {
+                    spanned_kind(map.next_value::<Spanned<KafkaSinkSpec>>()?, SinkKind::Kafka)
                 }
                 SinkKey::Blackhole => spanned_kind(
                     map.next_value::<Spanned<Option<BlackholeSinkSpec>>>()?,

@@ -13,7 +13,7 @@
 
 mod progress;
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{collections::HashMap, future::Future, sync::Arc, time::Duration};
 
 use tokio::sync::mpsc;
 
@@ -62,6 +62,8 @@ pub enum RunError {
 enum ChainMsg {
     /// Records.
     Batch(Batch),
+    /// Records the source refused, for the dead-letter output.
+    DeadLetters(Batch),
     /// A checkpoint barrier.
     Checkpoint(u64),
     /// The source has ended by itself (not stopped): event time may advance to the end.
@@ -101,6 +103,14 @@ impl Router {
                 tx.blocking_send(SinkMsg::Batch(batch.clone()))
                     .map_err(|_| ())?;
             }
+        }
+        Ok(())
+    }
+
+    /// Sends checkpoint barrier `id` to every sink that reads `route`.
+    async fn send_checkpoint(&self, route: Route, id: u64) -> Result<(), ()> {
+        for tx in self.targets(route) {
+            tx.send(SinkMsg::Checkpoint(id)).await.map_err(|_| ())?;
         }
         Ok(())
     }
@@ -181,17 +191,35 @@ pub async fn run(
             .collect(),
     };
 
+    // Only sinks that may reject records hold a way to the dead letters; a dlq sink holding one
+    // would keep its own channel open forever.
+    let rejects = |spec: &crate::pipeline::Sink, sink: &Sink| {
+        spec.route != Route::Dlq && matches!(sink, Sink::Parquet(_))
+    };
+    let rejecting = sink_specs
+        .iter()
+        .zip(&opened)
+        .filter(|(spec, sink)| rejects(spec, sink))
+        .count();
+    let (ack_tx, ack_rx) = mpsc::unbounded_channel();
     let mut sink_tasks = Vec::new();
     for (index, ((spec, sink), (_, rx))) in sink_specs.iter().zip(opened).zip(channels).enumerate()
     {
-        // Only sinks that may reject records hold a way to the dead letters; a dlq sink holding
-        // one would keep its own channel open forever.
-        let dlq = (spec.route != Route::Dlq && matches!(sink, Sink::Parquet(_)))
-            .then(|| dlq_router.clone());
-        let task = sink_task(spec.name.clone(), index, sink, rx, dlq, metrics.clone());
-        sink_tasks.push((spec.name.clone(), tokio::spawn(task)));
+        let task = SinkTask {
+            name: spec.name.clone(),
+            index,
+            upstreams: if spec.route == Route::Dlq {
+                1 + rejecting
+            } else {
+                1
+            },
+            dlq: rejects(spec, &sink).then(|| dlq_router.clone()),
+            acks: ack_tx.clone(),
+            metrics: metrics.clone(),
+        };
+        sink_tasks.push((spec.name.clone(), tokio::spawn(sink_task(sink, rx, task))));
     }
-    drop(dlq_router);
+    drop((dlq_router, ack_tx));
 
     // The stage chain on its own thread.
     let (chain_tx, chain_rx) = mpsc::channel::<ChainMsg>(CHANNEL_BATCHES);
@@ -205,9 +233,12 @@ pub async fn run(
         .progress
         .then(|| tokio::spawn(progress::report(metrics.clone(), source.label())));
 
+    let sinks = sink_specs.len();
     let source_result = run_source(
         &mut source,
         chain_tx,
+        ack_rx,
+        sinks,
         checkpoint_interval,
         shutdown,
         &metrics,
@@ -242,40 +273,115 @@ pub async fn run(
 async fn run_source(
     source: &mut Source,
     chain: mpsc::Sender<ChainMsg>,
+    mut acks: mpsc::UnboundedReceiver<u64>,
+    sinks: usize,
     checkpoint_interval: Duration,
     shutdown: impl Future<Output = ()>,
     metrics: &Metrics,
 ) -> Result<(), RunError> {
+    enum Event {
+        Stop,
+        End,
+        Tick,
+        Ack(Option<u64>),
+        Pulled(Box<crate::sources::Pulled>),
+    }
     tokio::pin!(shutdown);
     let mut ticker = tokio::time::interval(checkpoint_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await; // the first tick is immediate
-    let mut checkpoint = 0;
-    loop {
-        let msg = tokio::select! {
+    let mut checkpoints = Checkpoints {
+        last: 0,
+        acked: HashMap::new(),
+        sinks,
+    };
+    let ended = loop {
+        let event = tokio::select! {
             biased;
-            () = &mut shutdown => {
-                tracing::info!("stopping: finishing what is in flight");
-                return Ok(());
-            }
-            _ = ticker.tick() => {
-                checkpoint += 1;
-                ChainMsg::Checkpoint(checkpoint)
-            }
-            batch = source.next_batch() => match batch? {
-                Some(batch) => {
-                    metrics.source_out(batch.len());
-                    ChainMsg::Batch(batch)
-                }
-                None => {
-                    let _ = chain.send(ChainMsg::End).await;
-                    return Ok(());
-                }
+            () = &mut shutdown => Event::Stop,
+            id = acks.recv() => Event::Ack(id),
+            _ = ticker.tick() => Event::Tick,
+            pulled = source.next() => match pulled? {
+                Some(pulled) => Event::Pulled(Box::new(pulled)),
+                None => Event::End,
             },
+        };
+        let msg = match event {
+            Event::Stop => {
+                tracing::info!("stopping: finishing what is in flight");
+                break false;
+            }
+            Event::End => break true,
+            Event::Ack(Some(id)) => {
+                checkpoints.ack(id, source)?;
+                continue;
+            }
+            Event::Ack(None) => return Ok(()), // every sink stopped; their errors say why
+            Event::Tick => ChainMsg::Checkpoint(checkpoints.start(source)),
+            Event::Pulled(pulled) => {
+                metrics.source_out(pulled.batch.len());
+                if let Some(dead) = pulled.dead_letters {
+                    metrics.dead_letters(None, dead.len());
+                    if chain.send(ChainMsg::DeadLetters(dead)).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                ChainMsg::Batch(pulled.batch)
+            }
         };
         if chain.send(msg).await.is_err() {
             return Ok(()); // the chain stopped; its error says why
         }
+    };
+    // A last checkpoint covers everything handed out; once every sink has finished it, the
+    // source may forget it all (for Kafka: the group's offsets are committed), so a restart
+    // neither repeats nor skips a record.
+    if ended && chain.send(ChainMsg::End).await.is_err() {
+        return Ok(());
+    }
+    let last = checkpoints.start(source);
+    if chain.send(ChainMsg::Checkpoint(last)).await.is_err() {
+        return Ok(());
+    }
+    drop(chain);
+    while let Some(id) = acks.recv().await {
+        if checkpoints.ack(id, source)? && id == last {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Counts sinks' acknowledgements of checkpoints.
+struct Checkpoints {
+    /// Number of the last checkpoint started.
+    last: u64,
+    /// Acknowledgements so far, per checkpoint still open.
+    acked: HashMap<u64, usize>,
+    /// Sinks that must acknowledge each checkpoint.
+    sinks: usize,
+}
+
+impl Checkpoints {
+    /// Starts the next checkpoint: the source notes where it stands; returns its number.
+    fn start(&mut self, source: &mut Source) -> u64 {
+        self.last += 1;
+        source.barrier(self.last);
+        self.last
+    }
+
+    /// Counts one sink's acknowledgement of `id`; when it is the last one, tells the source and
+    /// returns true.
+    fn ack(&mut self, id: u64, source: &mut Source) -> Result<bool, RunError> {
+        let count = self.acked.entry(id).or_default();
+        *count += 1;
+        if *count < self.sinks {
+            return Ok(false);
+        }
+        self.acked.remove(&id);
+        source.checkpoint_done(id)?;
+        tracing::debug!(checkpoint = id, "checkpoint finished by every sink");
+        Ok(true)
     }
 }
 
@@ -302,6 +408,11 @@ fn run_chain(
                         .map_err(|_| stopped())?;
                 }
                 run_stages(&mut stages, 0, batch, &router, &metrics)?;
+            }
+            ChainMsg::DeadLetters(dead) => {
+                router
+                    .blocking_send(Route::Dlq, dead)
+                    .map_err(|_| stopped())?;
             }
             ChainMsg::Checkpoint(id) => {
                 for (_, tx) in &router.sinks {
@@ -441,14 +552,38 @@ fn route_outputs(
     }
 }
 
-async fn sink_task(
+/// What a sink task needs besides its sink.
+struct SinkTask {
+    /// The sink's name.
     name: String,
+    /// Its index in the metrics.
     index: usize,
+    /// How many senders send it checkpoint barriers (the stage chain, and for a dead-letter
+    /// sink every sink that may reject records): it finishes checkpoint `n` once it has seen
+    /// barrier `n` from each, so everything before the barrier on every path is in.
+    upstreams: usize,
+    /// Where its rejected records go, if it may reject any.
+    dlq: Option<Router>,
+    /// Where it acknowledges finished checkpoints.
+    acks: mpsc::UnboundedSender<u64>,
+    /// Counters.
+    metrics: Arc<Metrics>,
+}
+
+async fn sink_task(
     mut sink: Sink,
     mut rx: mpsc::Receiver<SinkMsg>,
-    dlq: Option<Router>,
-    metrics: Arc<Metrics>,
+    task: SinkTask,
 ) -> Result<Option<String>, SinkError> {
+    let SinkTask {
+        name,
+        index,
+        upstreams,
+        dlq,
+        acks,
+        metrics,
+    } = task;
+    let mut barriers: HashMap<u64, usize> = HashMap::new();
     while let Some(msg) = rx.recv().await {
         match msg {
             SinkMsg::Batch(batch) => {
@@ -474,8 +609,20 @@ async fn sink_task(
                 }
             }
             SinkMsg::Checkpoint(id) => {
+                let seen = barriers.entry(id).or_default();
+                *seen += 1;
+                if *seen < upstreams {
+                    continue;
+                }
+                barriers.remove(&id);
                 sink.checkpoint().await?;
+                if let Some(dlq) = &dlq {
+                    dlq.send_checkpoint(Route::Dlq, id)
+                        .await
+                        .map_err(|()| SinkError::Internal("the dead-letter sink stopped".into()))?;
+                }
                 tracing::debug!(sink = name, checkpoint = id, "checkpoint done");
+                let _ = acks.send(id);
             }
         }
     }

@@ -1,6 +1,7 @@
 //! Built-in sinks: where records leave a pipeline. A closed set, matched exhaustively.
 
 pub mod jsonl;
+pub mod kafka;
 pub mod parquet;
 
 use std::path::Path;
@@ -33,6 +34,8 @@ pub enum Sink {
     Jsonl(jsonl::JsonlSink),
     /// Discards records.
     Blackhole,
+    /// A Kafka topic.
+    Kafka(Box<kafka::KafkaSink>),
 }
 
 impl Sink {
@@ -53,6 +56,7 @@ impl Sink {
             ),
             SinkKind::Stdout(spec) => Sink::Jsonl(jsonl::JsonlSink::stdout(spec.envelope)),
             SinkKind::Blackhole(_) => Sink::Blackhole,
+            SinkKind::Kafka(spec) => Sink::Kafka(Box::new(kafka::KafkaSink::open(spec)?)),
         })
     }
 
@@ -62,6 +66,7 @@ impl Sink {
             Sink::Parquet(s) => s.write(batch).await,
             Sink::Jsonl(s) => s.write(batch).await.map(|()| Vec::new()),
             Sink::Blackhole => Ok(Vec::new()),
+            Sink::Kafka(s) => s.write(batch).await.map(|()| Vec::new()),
         }
     }
 
@@ -71,6 +76,7 @@ impl Sink {
             Sink::Parquet(s) => s.checkpoint().await,
             Sink::Jsonl(s) => s.flush().await,
             Sink::Blackhole => Ok(()),
+            Sink::Kafka(s) => s.flush().await,
         }
     }
 
@@ -80,6 +86,7 @@ impl Sink {
             Sink::Parquet(s) => Some(format!("{} ({} files)", s.root(), s.files_written)),
             Sink::Jsonl(s) => s.path().map(str::to_string),
             Sink::Blackhole => None,
+            Sink::Kafka(s) => Some(format!("kafka topic {}", s.topic())),
         }
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod file;
 pub mod generator;
+pub mod kafka;
 
 use std::{path::Path, time::Duration};
 
@@ -23,6 +24,9 @@ pub enum SourceError {
         /// Why.
         source: std::io::Error,
     },
+    /// The Kafka client failed (it retries connections by itself; this is what it gave up on).
+    #[error("kafka: {0}")]
+    Kafka(String),
 }
 
 /// A running source.
@@ -38,6 +42,17 @@ pub enum Source {
     },
     /// Lines of a file.
     File(file::FileSource),
+    /// A Kafka consumer group member.
+    Kafka(Box<kafka::KafkaSource>),
+}
+
+/// What a source hands out: records, and the records it refused itself (a `json` Kafka source
+/// refuses values that are not JSON) as dead letters.
+pub struct Pulled {
+    /// Good records.
+    pub batch: Batch,
+    /// Refused records, with headers saying why.
+    pub dead_letters: Option<Batch>,
 }
 
 /// Keeps a source at a set rate: after `sent` records, it waits until `sent / rate` seconds
@@ -75,11 +90,40 @@ impl Source {
             SourceSpec::File(f) => Source::File(
                 file::FileSource::open(&dir.join(&f.path.value), f.batch_size.value).await?,
             ),
+            SourceSpec::Kafka(k) => Source::Kafka(Box::new(kafka::KafkaSource::open(k)?)),
         })
     }
 
-    /// The next batch, or `None` when the source has ended.
-    pub async fn next_batch(&mut self) -> Result<Option<Batch>, SourceError> {
+    /// The next batch, with the records the source itself refused, or `None` when the source
+    /// has ended (a Kafka source never ends by itself).
+    pub async fn next(&mut self) -> Result<Option<Pulled>, SourceError> {
+        match self {
+            Source::Kafka(k) => k.next_batch().await.map(Some),
+            _ => Ok(self.next_batch().await?.map(|batch| Pulled {
+                batch,
+                dead_letters: None,
+            })),
+        }
+    }
+
+    /// Notes where the source stands as checkpoint `id`'s barrier leaves it.
+    pub fn barrier(&mut self, id: u64) {
+        if let Source::Kafka(k) = self {
+            k.barrier(id);
+        }
+    }
+
+    /// Every sink has finished checkpoint `id`: the source may forget what came before it
+    /// (for Kafka: commit the group's offsets).
+    pub fn checkpoint_done(&mut self, id: u64) -> Result<(), SourceError> {
+        match self {
+            Source::Kafka(k) => k.commit(id),
+            _ => Ok(()),
+        }
+    }
+
+    /// The next batch of the sources that never refuse records.
+    async fn next_batch(&mut self) -> Result<Option<Batch>, SourceError> {
         match self {
             Source::Generator {
                 generator,
@@ -100,6 +144,7 @@ impl Source {
                 Ok((n > 0).then_some(batch))
             }
             Source::File(f) => f.next_batch().await,
+            Source::Kafka(_) => unreachable!("Source::next reads Kafka itself"),
         }
     }
 
@@ -108,6 +153,7 @@ impl Source {
         match self {
             Source::Generator { .. } => "generator",
             Source::File(_) => "file",
+            Source::Kafka(_) => "kafka",
         }
     }
 }

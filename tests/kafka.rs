@@ -1,0 +1,230 @@
+//! The Kafka source and sink against a real Kafka-protocol broker (tansu), with an independent
+//! client (PyPI confluent-kafka) producing the input and reading topics back.
+//!
+//! Broker quirk worked around (SERVICES.md): a group join takes half of `session.timeout.ms`, so
+//! the pipelines set `session.timeout.ms: 2000`, `heartbeat.interval.ms: 500`; every test uses
+//! its own broker, topic and group.
+
+mod support;
+
+use std::collections::{BTreeMap, HashSet};
+
+use serde_json::Value;
+use support::{Broker, Running};
+
+fn pipeline(
+    broker: &Broker,
+    dir: &std::path::Path,
+    topic: &str,
+    group: &str,
+    extra_sinks: &str,
+    stages: &str,
+) -> std::path::PathBuf {
+    support::pipeline_file(
+        dir,
+        "kafka.yaml",
+        &format!(
+            "version: 1
+name: kafka-test
+source:
+  kafka:
+    bootstrap_servers: {bootstrap}
+    topics: [{topic}]
+    group_id: {group}
+    format: json
+    properties:
+      session.timeout.ms: \"2000\"
+      heartbeat.interval.ms: \"500\"
+{stages}sinks:
+  - name: out
+    input: {input}
+    jsonl: {{ path: {{out}}/out.jsonl, envelope: true }}
+{extra_sinks}checkpoint:
+  interval: 1s
+",
+            bootstrap = broker.bootstrap,
+            input = if stages.is_empty() {
+                "source"
+            } else {
+                "enrich"
+            },
+        ),
+    )
+}
+
+const DLQ_TO_STDOUT: &str = "  - name: dead\n    input: dlq\n    stdout: { envelope: true }\n";
+
+fn read_lines(file: &std::path::Path) -> Vec<Value> {
+    std::fs::read_to_string(file)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Checks that `rows` hold messages 0..count exactly once, each as the tool produced it, with
+/// offsets gapless from 0 in every partition.
+fn assert_exactly_once(rows: &[Value], topic: &str, count: u64) {
+    assert_eq!(rows.len() as u64, count, "one row per message");
+    let mut seen = HashSet::new();
+    let mut offsets: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
+    for row in rows {
+        let value: Value = serde_json::from_str(row["value"].as_str().unwrap()).unwrap();
+        let n = value["n"].as_u64().unwrap();
+        assert!(seen.insert(n), "message {n} twice");
+        assert_eq!(row["topic"], topic);
+        assert_eq!(row["key"], format!("k{}", n % 100), "key of {n}");
+        assert_eq!(row["headers"]["h"], format!("v{n}"), "header of {n}");
+        assert_eq!(
+            row["timestamp_ms"],
+            1_767_225_600_000_u64 + n,
+            "timestamp of {n}"
+        );
+        offsets
+            .entry(row["partition"].as_i64().unwrap())
+            .or_default()
+            .push(row["offset"].as_i64().unwrap());
+    }
+    assert_eq!(seen.len() as u64, count);
+    for (partition, mut offs) in offsets {
+        offs.sort();
+        assert!(
+            offs.iter().enumerate().all(|(i, o)| *o == i as i64),
+            "partition {partition}: offsets gapless from 0"
+        );
+    }
+}
+
+#[test]
+fn a_three_partition_topic_is_read_completely_with_headers_and_metadata() {
+    let broker = Broker::start();
+    broker.tool(&["create", "trades", "3"]);
+    broker.tool(&["produce", "trades", "100000"]);
+    let dir = tempfile::tempdir().unwrap();
+    let file = pipeline(&broker, dir.path(), "trades", "complete", DLQ_TO_STDOUT, "");
+    let run = Running::start(&file);
+    let out = dir.path().join("out.jsonl");
+    support::wait_for_lines(&out, 100_000, 120);
+    let summary = run.stop();
+    assert!(summary.contains("sink out: 100,000 records"), "{summary}");
+    let rows = read_lines(&out);
+    assert_exactly_once(&rows, "trades", 100_000);
+    let partitions: HashSet<i64> = rows
+        .iter()
+        .map(|r| r["partition"].as_i64().unwrap())
+        .collect();
+    assert_eq!(partitions.len(), 3, "all three partitions were read");
+}
+
+#[test]
+fn a_restarted_pipeline_resumes_from_its_checkpoint() {
+    let broker = Broker::start();
+    broker.tool(&["create", "events", "3"]);
+    broker.tool(&["produce", "events", "10000"]);
+    let dir = tempfile::tempdir().unwrap();
+    let file = pipeline(&broker, dir.path(), "events", "resume", DLQ_TO_STDOUT, "");
+    let out = dir.path().join("out.jsonl");
+
+    let run = Running::start(&file);
+    support::wait_for_lines(&out, 10_000, 60);
+    run.stop();
+
+    broker.tool(&["produce", "events", "10000", "--start", "10000"]);
+    let run = Running::start(&file);
+    support::wait_for_lines(&out, 20_000, 60);
+    let summary = run.stop();
+    assert!(
+        summary.contains("sink out: 10,000 records"),
+        "the second run reads only the new messages: {summary}"
+    );
+    assert_exactly_once(&read_lines(&out), "events", 20_000);
+}
+
+#[test]
+fn poison_messages_land_on_the_dlq_topic_with_their_reasons() {
+    let broker = Broker::start();
+    broker.tool(&["create", "mixed", "3"]);
+    broker.tool(&["create", "mixed.dlq", "1"]);
+    broker.tool(&["produce", "mixed", "10000", "--poison-every", "100"]);
+    let dir = tempfile::tempdir().unwrap();
+    let dlq = format!(
+        "  - name: dead\n    input: dlq\n    kafka: {{ bootstrap_servers: \"{}\", topic: mixed.dlq }}\n",
+        broker.bootstrap
+    );
+    let stages = format!(
+        "stages:\n  - name: enrich\n    plugin: {}\n",
+        support::plugin("enrich").display()
+    );
+    let file = pipeline(&broker, dir.path(), "mixed", "poison", &dlq, &stages);
+    let out = dir.path().join("out.jsonl");
+    let run = Running::start(&file);
+    support::wait_for_lines(&out, 9_900, 60);
+    let summary = run.stop();
+    assert!(summary.contains("dead letters: 100"), "{summary}");
+
+    // The good 99%: enriched, each once.
+    let rows = read_lines(&out);
+    assert_eq!(rows.len(), 9_900);
+    let mut good = HashSet::new();
+    for row in &rows {
+        let value: Value = serde_json::from_str(row["value"].as_str().unwrap()).unwrap();
+        assert_eq!(value["kafka_topic"], "mixed");
+        assert_eq!(value["kafka_offset"], row["offset"]);
+        assert!(good.insert(value["n"].as_u64().unwrap()));
+    }
+
+    // The poison 1%, read back from the DLQ topic by the independent client.
+    let dead: Vec<Value> = broker
+        .tool(&["consume", "mixed.dlq", "100"])
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(dead.len(), 100, "exactly the poison messages");
+    let mut poison = HashSet::new();
+    for d in &dead {
+        let value = d["value"].as_str().unwrap();
+        let n: u64 = value
+            .strip_prefix("not json ")
+            .expect("only poison in the DLQ")
+            .parse()
+            .unwrap();
+        assert_eq!(n % 100, 99);
+        assert!(poison.insert(n), "poison {n} twice");
+        assert_eq!(d["key"], format!("k{}", n % 100), "original key kept");
+        let h = &d["headers"];
+        assert_eq!(h["h"], format!("v{n}"), "original headers kept");
+        assert!(
+            h["weir.error"]
+                .as_str()
+                .unwrap()
+                .starts_with("value is not JSON"),
+            "{h}"
+        );
+        assert_eq!(h["weir.stage"], "source");
+        assert_eq!(h["weir.source.topic"], "mixed");
+        assert!(
+            h["weir.source.partition"]
+                .as_str()
+                .unwrap()
+                .parse::<i32>()
+                .is_ok()
+        );
+        assert!(
+            h["weir.source.offset"]
+                .as_str()
+                .unwrap()
+                .parse::<i64>()
+                .is_ok()
+        );
+        assert_eq!(
+            h["weir.source.timestamp"],
+            (1_767_225_600_000_u64 + n).to_string()
+        );
+    }
+    assert!(good.is_disjoint(&poison));
+    assert_eq!(
+        good.len() + poison.len(),
+        10_000,
+        "every message is in the output or the DLQ"
+    );
+}
