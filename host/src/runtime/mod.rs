@@ -12,8 +12,13 @@
 //! seen every record before it; sinks then finish and publish their files.
 
 mod progress;
+mod source;
 
-use std::{collections::HashMap, future::Future, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    future::Future,
+    sync::{Arc, Mutex, atomic::AtomicBool},
+};
 
 use tokio::sync::mpsc;
 
@@ -22,7 +27,7 @@ use crate::{
     plugin::now_ms,
     record::{Batch, split_outputs},
     sinks::{Sink, SinkError},
-    sources::{Source, SourceError},
+    sources::{SharedDrain, Source, SourceError},
 };
 pub use progress::{Metrics, Summary};
 
@@ -169,7 +174,6 @@ pub async fn run(
             })?;
         opened.push(sink);
     }
-    let mut source = Source::open(&source_spec, &dir).await?;
 
     let channels: Vec<_> = sink_specs
         .iter()
@@ -229,21 +233,39 @@ pub async fn run(
         .spawn(move || run_chain(stages, chain_rx, router, chain_metrics))
         .map_err(|e| RunError::Internal(format!("cannot start the stage thread: {e}")))?;
 
+    // The source on its own thread too, driven through the driver it shares with a Kafka
+    // consumer's rebalance callback.
+    let driver = Arc::new(Mutex::new(source::Driver::new(
+        chain_tx,
+        ack_rx,
+        sink_specs.len(),
+        metrics.clone(),
+    )));
+    let drain: SharedDrain = driver.clone();
+    let source = Source::open(&source_spec, &dir, drain)?;
     let reporter = options
         .progress
         .then(|| tokio::spawn(progress::report(metrics.clone(), source.label())));
-
-    let sinks = sink_specs.len();
-    let source_result = run_source(
-        &mut source,
-        chain_tx,
-        ack_rx,
-        sinks,
-        checkpoint_interval,
-        shutdown,
-        &metrics,
-    )
-    .await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let source_thread = {
+        let stop = stop.clone();
+        std::thread::Builder::new()
+            .name("weir-source".into())
+            .spawn(move || source::run(source, driver, checkpoint_interval, stop))
+            .map_err(|e| RunError::Internal(format!("cannot start the source thread: {e}")))?
+    };
+    let joined = tokio::task::spawn_blocking(move || source_thread.join());
+    tokio::pin!(joined, shutdown);
+    let joined = tokio::select! {
+        joined = &mut joined => joined,
+        () = &mut shutdown => {
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            joined.await
+        }
+    };
+    let source_result = joined
+        .map_err(|e| RunError::Internal(e.to_string()))?
+        .map_err(|_| RunError::Internal("the source thread panicked".into()))?;
     let chain_result = tokio::task::spawn_blocking(move || chain.join())
         .await
         .map_err(|e| RunError::Internal(e.to_string()))?
@@ -268,121 +290,6 @@ pub async fn run(
     chain_result?;
     source_result?;
     Ok(metrics.summary(locations))
-}
-
-async fn run_source(
-    source: &mut Source,
-    chain: mpsc::Sender<ChainMsg>,
-    mut acks: mpsc::UnboundedReceiver<u64>,
-    sinks: usize,
-    checkpoint_interval: Duration,
-    shutdown: impl Future<Output = ()>,
-    metrics: &Metrics,
-) -> Result<(), RunError> {
-    enum Event {
-        Stop,
-        End,
-        Tick,
-        Ack(Option<u64>),
-        Pulled(Box<crate::sources::Pulled>),
-    }
-    tokio::pin!(shutdown);
-    let mut ticker = tokio::time::interval(checkpoint_interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ticker.tick().await; // the first tick is immediate
-    let mut checkpoints = Checkpoints {
-        last: 0,
-        acked: HashMap::new(),
-        sinks,
-    };
-    let ended = loop {
-        let event = tokio::select! {
-            biased;
-            () = &mut shutdown => Event::Stop,
-            id = acks.recv() => Event::Ack(id),
-            _ = ticker.tick() => Event::Tick,
-            pulled = source.next() => match pulled? {
-                Some(pulled) => Event::Pulled(Box::new(pulled)),
-                None => Event::End,
-            },
-        };
-        let msg = match event {
-            Event::Stop => {
-                tracing::info!("stopping: finishing what is in flight");
-                break false;
-            }
-            Event::End => break true,
-            Event::Ack(Some(id)) => {
-                checkpoints.ack(id, source)?;
-                continue;
-            }
-            Event::Ack(None) => return Ok(()), // every sink stopped; their errors say why
-            Event::Tick => ChainMsg::Checkpoint(checkpoints.start(source)),
-            Event::Pulled(pulled) => {
-                metrics.source_out(pulled.batch.len());
-                if let Some(dead) = pulled.dead_letters {
-                    metrics.dead_letters(None, dead.len());
-                    if chain.send(ChainMsg::DeadLetters(dead)).await.is_err() {
-                        return Ok(());
-                    }
-                }
-                ChainMsg::Batch(pulled.batch)
-            }
-        };
-        if chain.send(msg).await.is_err() {
-            return Ok(()); // the chain stopped; its error says why
-        }
-    };
-    // A last checkpoint covers everything handed out; once every sink has finished it, the
-    // source may forget it all (for Kafka: the group's offsets are committed), so a restart
-    // neither repeats nor skips a record.
-    if ended && chain.send(ChainMsg::End).await.is_err() {
-        return Ok(());
-    }
-    let last = checkpoints.start(source);
-    if chain.send(ChainMsg::Checkpoint(last)).await.is_err() {
-        return Ok(());
-    }
-    drop(chain);
-    while let Some(id) = acks.recv().await {
-        if checkpoints.ack(id, source)? && id == last {
-            break;
-        }
-    }
-    Ok(())
-}
-
-/// Counts sinks' acknowledgements of checkpoints.
-struct Checkpoints {
-    /// Number of the last checkpoint started.
-    last: u64,
-    /// Acknowledgements so far, per checkpoint still open.
-    acked: HashMap<u64, usize>,
-    /// Sinks that must acknowledge each checkpoint.
-    sinks: usize,
-}
-
-impl Checkpoints {
-    /// Starts the next checkpoint: the source notes where it stands; returns its number.
-    fn start(&mut self, source: &mut Source) -> u64 {
-        self.last += 1;
-        source.barrier(self.last);
-        self.last
-    }
-
-    /// Counts one sink's acknowledgement of `id`; when it is the last one, tells the source and
-    /// returns true.
-    fn ack(&mut self, id: u64, source: &mut Source) -> Result<bool, RunError> {
-        let count = self.acked.entry(id).or_default();
-        *count += 1;
-        if *count < self.sinks {
-            return Ok(false);
-        }
-        self.acked.remove(&id);
-        source.checkpoint_done(id)?;
-        tracing::debug!(checkpoint = id, "checkpoint finished by every sink");
-        Ok(true)
-    }
 }
 
 /// The stage chain: runs every batch through the stages and routes what comes out.

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use tokio::io::{AsyncBufReadExt, BufReader};
+use std::io::{BufRead, BufReader};
 
 use super::SourceError;
 use crate::{plugin::now_ms, record::Batch};
@@ -16,7 +16,7 @@ pub struct FileSource {
     /// The file's name, as the records' topic.
     topic: String,
     /// Buffered reader over the file.
-    reader: BufReader<tokio::fs::File>,
+    reader: BufReader<std::fs::File>,
     /// Records per batch.
     batch_size: usize,
     /// Number of the last line read.
@@ -27,12 +27,12 @@ pub struct FileSource {
 
 impl FileSource {
     /// Opens `path` for reading.
-    pub async fn open(path: &Path, batch_size: usize) -> Result<FileSource, SourceError> {
+    pub fn open(path: &Path, batch_size: usize) -> Result<FileSource, SourceError> {
         let io = |source| SourceError::Io {
             path: path.display().to_string(),
             source,
         };
-        let file = tokio::fs::File::open(path).await.map_err(io)?;
+        let file = std::fs::File::open(path).map_err(io)?;
         Ok(FileSource {
             path: path.display().to_string(),
             topic: path
@@ -46,7 +46,7 @@ impl FileSource {
     }
 
     /// The next batch of lines, or `None` at the end of the file.
-    pub async fn next_batch(&mut self) -> Result<Option<Batch>, SourceError> {
+    pub fn next_batch(&mut self) -> Result<Option<Batch>, SourceError> {
         let mut batch =
             Batch::with_capacity(&self.topic, 0, self.batch_size, self.batch_size * 256);
         let now = now_ms();
@@ -55,7 +55,6 @@ impl FileSource {
             let n = self
                 .reader
                 .read_until(b'\n', &mut self.buf)
-                .await
                 .map_err(|source| SourceError::Io {
                     path: self.path.clone(),
                     source,

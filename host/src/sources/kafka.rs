@@ -2,24 +2,28 @@
 //!
 //! Messages arrive interleaved across partitions; they are gathered into one batch per
 //! partition (a batch never mixes partitions, so stages see one partition's order) and a batch
-//! is handed out when it is full or when it has waited `linger`. The position of every batch
-//! handed out is remembered; when a checkpoint barrier leaves the source, those positions are
-//! snapshotted, and they are committed to Kafka only once every sink has finished that
-//! checkpoint. Kafka's committed offsets are therefore never ahead of what the sinks hold.
+//! is handed out when it is full or when it has waited `linger`.
+//!
+//! Offsets: the position of every batch handed out is remembered; when a checkpoint barrier
+//! leaves the source, those positions are snapshotted, and they are committed to Kafka only once
+//! every sink has finished that checkpoint. When the group takes partitions away (a member
+//! joins or leaves), the revoke callback hands out everything buffered, runs a checkpoint
+//! through the pipeline and waits for it ([`Drain`]), and commits, all before the partitions
+//! move: the next owner starts exactly where this one stopped.
 
 use std::{
     collections::{BTreeMap, HashMap},
-    time::Duration,
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, Instant},
 };
 
 use rdkafka::{
-    ClientConfig, Message, Offset, TopicPartitionList,
-    consumer::{CommitMode, Consumer, StreamConsumer},
-    message::Headers,
+    ClientConfig, ClientContext, Message, Offset, TopicPartitionList,
+    consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance},
+    message::{BorrowedMessage, Headers},
 };
-use tokio::time::Instant;
 
-use super::{Pulled, SourceError};
+use super::{MAX_WAIT, Next, Pulled, SharedDrain, SourceError};
 use crate::{
     pipeline::spec::{KafkaSourceSpec, StartFrom, ValueFormat},
     plugin::now_ms,
@@ -58,10 +62,9 @@ pub const ALLOWED_PROPERTIES: &[&str] = &[
 /// Next offset to read, per (topic, partition).
 pub type Positions = BTreeMap<(String, i32), i64>;
 
-/// A running Kafka source.
-pub struct KafkaSource {
-    /// The consumer.
-    consumer: StreamConsumer,
+/// The batching and offset bookkeeping, shared between the polling loop and the rebalance
+/// callback (both run on the source thread; the lock is never held across a poll).
+struct State {
     /// How values are checked.
     format: ValueFormat,
     /// Records per batch.
@@ -72,8 +75,68 @@ pub struct KafkaSource {
     filling: HashMap<(String, i32), (Batch, Instant)>,
     /// Next offset after the last batch handed out, per partition.
     handed_out: Positions,
+    /// What was last committed.
+    committed: Positions,
     /// Position snapshots of checkpoints whose barrier has left but that are not finished yet.
     pending: BTreeMap<u64, Positions>,
+}
+
+/// The consumer's context: it runs the synchronous checkpoint when partitions are revoked.
+struct Context {
+    /// Shared with [`KafkaSource`].
+    state: Arc<Mutex<State>>,
+    /// The runtime's synchronous checkpoint.
+    drain: SharedDrain,
+    /// An error from the callback, reported by the next [`KafkaSource::next`].
+    failed: Mutex<Option<String>>,
+}
+
+impl ClientContext for Context {}
+
+impl ConsumerContext for Context {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(revoked) = rebalance else {
+            return;
+        };
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if !state.filling.is_empty() || state.handed_out != state.committed {
+            let pulled: Vec<Pulled> = std::mem::take(&mut state.filling)
+                .into_iter()
+                .map(|(key, (batch, _))| state.hand_out(key, batch))
+                .collect();
+            let drained = self
+                .drain
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .drain(pulled, &mut |id| state.barrier(id));
+            let committed =
+                drained.and_then(|id| state.commit(consumer, id).map_err(|e| e.to_string()));
+            match committed {
+                Ok(()) => tracing::info!(
+                    partitions = revoked.count(),
+                    "partitions revoked: in-flight records written and committed"
+                ),
+                Err(e) => *self.failed.lock().unwrap_or_else(PoisonError::into_inner) = Some(e),
+            }
+        }
+        // What is no longer ours must never be committed by us again.
+        for element in revoked.elements() {
+            let key = (element.topic().to_string(), element.partition());
+            state.handed_out.remove(&key);
+            state.committed.remove(&key);
+            for snapshot in state.pending.values_mut() {
+                snapshot.remove(&key);
+            }
+        }
+    }
+}
+
+/// A running Kafka source.
+pub struct KafkaSource {
+    /// The consumer.
+    consumer: BaseConsumer<Context>,
+    /// Batching and offsets, shared with the rebalance callback.
+    state: Arc<Mutex<State>>,
 }
 
 fn kafka_error(e: rdkafka::error::KafkaError) -> SourceError {
@@ -81,8 +144,8 @@ fn kafka_error(e: rdkafka::error::KafkaError) -> SourceError {
 }
 
 impl KafkaSource {
-    /// Connects and subscribes.
-    pub fn open(spec: &KafkaSourceSpec) -> Result<KafkaSource, SourceError> {
+    /// Connects and subscribes. `drain` is the runtime's synchronous checkpoint, for rebalances.
+    pub fn open(spec: &KafkaSourceSpec, drain: SharedDrain) -> Result<KafkaSource, SourceError> {
         let mut config = ClientConfig::new();
         config
             .set("bootstrap.servers", &spec.bootstrap_servers.value)
@@ -100,11 +163,7 @@ impl KafkaSource {
         for (key, value) in &spec.properties.value {
             config.set(key, value);
         }
-        let consumer: StreamConsumer = config.create().map_err(kafka_error)?;
-        let topics: Vec<&str> = spec.topics.value.iter().map(String::as_str).collect();
-        consumer.subscribe(&topics).map_err(kafka_error)?;
-        Ok(KafkaSource {
-            consumer,
+        let state = Arc::new(Mutex::new(State {
             format: spec.format,
             batch_size: spec.batch_size.value,
             linger: spec
@@ -113,63 +172,111 @@ impl KafkaSource {
                 .map_or(Duration::from_millis(50), |l| l.value.0),
             filling: HashMap::new(),
             handed_out: Positions::new(),
+            committed: Positions::new(),
             pending: BTreeMap::new(),
-        })
+        }));
+        let context = Context {
+            state: state.clone(),
+            drain,
+            failed: Mutex::new(None),
+        };
+        let consumer: BaseConsumer<Context> =
+            config.create_with_context(context).map_err(kafka_error)?;
+        let topics: Vec<&str> = spec.topics.value.iter().map(String::as_str).collect();
+        consumer.subscribe(&topics).map_err(kafka_error)?;
+        Ok(KafkaSource { consumer, state })
     }
 
-    /// The next batch of one partition. Waits for the first message as long as it takes; then
-    /// fills batches until one is full or the oldest has waited `linger`.
-    pub async fn next_batch(&mut self) -> Result<Pulled, SourceError> {
-        loop {
-            if let Some(key) = self.due() {
-                let (batch, _) = self.filling.remove(&key).expect("due batches exist");
-                return Ok(self.hand_out(key, batch));
-            }
-            let deadline = self
-                .filling
-                .values()
-                .map(|(_, since)| *since + self.linger)
-                .min();
-            let message = match deadline {
-                Some(deadline) => {
-                    match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
-                        Ok(message) => message,
-                        Err(_) => continue, // a batch is due now
-                    }
-                }
-                None => self.consumer.recv().await,
-            };
-            let message = message.map_err(kafka_error)?;
-            let key = (message.topic().to_string(), message.partition());
-            let batch_size = self.batch_size;
-            let (batch, _) = self.filling.entry(key).or_insert_with(|| {
-                (
-                    Batch::with_capacity(
-                        message.topic(),
-                        message.partition(),
-                        batch_size,
-                        batch_size * 256,
-                    ),
-                    Instant::now(),
-                )
-            });
-            let headers: Vec<_> = message
-                .headers()
-                .map(|hs| {
-                    hs.iter()
-                        .map(|h| header(h.key, h.value.unwrap_or_default()))
-                        .collect()
-                })
-                .unwrap_or_default();
-            let timestamp = message.timestamp().to_millis().unwrap_or_else(now_ms);
-            batch.push(
-                message.key(),
-                message.payload().unwrap_or_default(),
-                timestamp,
-                message.offset(),
-                &headers,
-            );
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The next batch of one partition, waiting at most about [`MAX_WAIT`].
+    pub fn next(&mut self) -> Result<Next, SourceError> {
+        if let Some(e) = self
+            .consumer
+            .context()
+            .failed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            return Err(SourceError::Kafka(format!(
+                "while partitions were revoked: {e}"
+            )));
         }
+        let give_up = Instant::now() + MAX_WAIT;
+        loop {
+            let wait = {
+                let mut state = self.state();
+                if let Some(key) = state.due() {
+                    let (batch, _) = state.filling.remove(&key).expect("due batches exist");
+                    return Ok(Next::Pulled(state.hand_out(key, batch)));
+                }
+                let oldest_due = state
+                    .filling
+                    .values()
+                    .map(|(_, since)| *since + state.linger)
+                    .min();
+                oldest_due
+                    .map_or(give_up, |due| due.min(give_up))
+                    .saturating_duration_since(Instant::now())
+            };
+            if wait.is_zero() {
+                return Ok(Next::Idle);
+            }
+            // Never under the state lock: a poll may run the rebalance callback, which takes it.
+            match self.consumer.poll(wait) {
+                None => continue,
+                Some(Err(e)) => return Err(kafka_error(e)),
+                Some(Ok(message)) => self.state().push(&message),
+            }
+        }
+    }
+
+    /// Remembers where the source stands as checkpoint `id`'s barrier leaves it.
+    pub fn barrier(&mut self, id: u64) {
+        self.state().barrier(id);
+    }
+
+    /// Checkpoint `id` is finished by every sink: commits its positions to Kafka.
+    pub fn commit(&mut self, id: u64) -> Result<(), SourceError> {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.commit(&self.consumer, id)
+    }
+}
+
+impl State {
+    fn push(&mut self, message: &BorrowedMessage<'_>) {
+        let key = (message.topic().to_string(), message.partition());
+        let batch_size = self.batch_size;
+        let (batch, _) = self.filling.entry(key).or_insert_with(|| {
+            (
+                Batch::with_capacity(
+                    message.topic(),
+                    message.partition(),
+                    batch_size,
+                    batch_size * 256,
+                ),
+                Instant::now(),
+            )
+        });
+        let headers: Vec<_> = message
+            .headers()
+            .map(|hs| {
+                hs.iter()
+                    .map(|h| header(h.key, h.value.unwrap_or_default()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let timestamp = message.timestamp().to_millis().unwrap_or_else(now_ms);
+        batch.push(
+            message.key(),
+            message.payload().unwrap_or_default(),
+            timestamp,
+            message.offset(),
+            &headers,
+        );
     }
 
     /// The partition whose batch should go now: a full one, else one that waited long enough.
@@ -197,30 +304,30 @@ impl KafkaSource {
         }
     }
 
-    /// Remembers where the source stands as checkpoint `id`'s barrier leaves it.
-    pub fn barrier(&mut self, id: u64) {
+    fn barrier(&mut self, id: u64) {
         self.pending.insert(id, self.handed_out.clone());
     }
 
-    /// Checkpoint `id` is finished by every sink: commits its positions to Kafka (and forgets
-    /// older snapshots, which it covers).
-    pub fn commit(&mut self, id: u64) -> Result<(), SourceError> {
+    /// Commits the positions of checkpoint `id` (and forgets older snapshots, which it covers).
+    fn commit(&mut self, consumer: &BaseConsumer<Context>, id: u64) -> Result<(), SourceError> {
         let Some(positions) = self.pending.remove(&id) else {
             return Ok(());
         };
         self.pending.retain(|older, _| *older > id);
-        if positions.is_empty() {
-            return Ok(());
-        }
         let mut list = TopicPartitionList::new();
         for ((topic, partition), offset) in &positions {
-            list.add_partition_offset(topic, *partition, Offset::Offset(*offset))
-                .map_err(kafka_error)?;
+            if self.committed.get(&(topic.clone(), *partition)) != Some(offset) {
+                list.add_partition_offset(topic, *partition, Offset::Offset(*offset))
+                    .map_err(kafka_error)?;
+            }
         }
-        self.consumer
-            .commit(&list, CommitMode::Sync)
-            .map_err(kafka_error)?;
-        tracing::debug!(checkpoint = id, ?positions, "committed Kafka offsets");
+        if list.count() > 0 {
+            consumer
+                .commit(&list, CommitMode::Sync)
+                .map_err(kafka_error)?;
+            tracing::debug!(checkpoint = id, ?positions, "committed Kafka offsets");
+        }
+        self.committed.extend(positions);
         Ok(())
     }
 }

@@ -1,15 +1,19 @@
 //! Built-in sources: where records enter a pipeline. A closed set, matched exhaustively.
 //!
-//! A source hands out batches in the host's columnar layout; the runtime pulls them one at a
-//! time, so a slow pipeline slows the source down instead of piling records up.
+//! A source runs on a thread of its own and hands out batches in the host's columnar layout;
+//! the runtime pulls them one at a time, so a slow pipeline slows the source down instead of
+//! piling records up. Blocking is legal there: a file read, a rate limit's sleep, and the
+//! synchronous checkpoint a Kafka consumer runs when the group takes partitions away.
 
 pub mod file;
 pub mod generator;
 pub mod kafka;
 
-use std::{path::Path, time::Duration};
-
-use tokio::time::Instant;
+use std::{
+    path::Path,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use crate::{pipeline::spec::SourceSpec, plugin::now_ms, record::Batch};
 
@@ -29,6 +33,42 @@ pub enum SourceError {
     Kafka(String),
 }
 
+/// The longest a call to [`Source::next`] blocks, so the runtime can start checkpoints and
+/// notice a stop request in time.
+pub const MAX_WAIT: Duration = Duration::from_millis(50);
+
+/// What a source hands out: records, and the records it refused itself (a `json` Kafka source
+/// refuses values that are not JSON) as dead letters.
+pub struct Pulled {
+    /// Good records.
+    pub batch: Batch,
+    /// Refused records, with headers saying why.
+    pub dead_letters: Option<Batch>,
+}
+
+/// What [`Source::next`] found.
+pub enum Next {
+    /// Records.
+    Pulled(Pulled),
+    /// Nothing yet; ask again.
+    Idle,
+    /// The source has ended (a bounded generator or a file); Kafka never ends by itself.
+    End,
+}
+
+/// A synchronous checkpoint, which the runtime offers the sources: it sends `pulled` and a
+/// checkpoint barrier through the pipeline and returns once every sink has finished that
+/// checkpoint. A Kafka source calls it when the group takes partitions away, so that what it
+/// read from them is in the sinks and committed before another member reads on.
+pub trait Drain: Send {
+    /// Sends `pulled`, then the barrier of a new checkpoint, calling `barrier` with its number
+    /// just before; returns the number once every sink has finished it.
+    fn drain(&mut self, pulled: Vec<Pulled>, barrier: &mut dyn FnMut(u64)) -> Result<u64, String>;
+}
+
+/// The runtime's [`Drain`], shared with the sources that need it.
+pub type SharedDrain = Arc<Mutex<dyn Drain>>;
+
 /// A running source.
 pub enum Source {
     /// Synthetic trades.
@@ -46,15 +86,6 @@ pub enum Source {
     Kafka(Box<kafka::KafkaSource>),
 }
 
-/// What a source hands out: records, and the records it refused itself (a `json` Kafka source
-/// refuses values that are not JSON) as dead letters.
-pub struct Pulled {
-    /// Good records.
-    pub batch: Batch,
-    /// Refused records, with headers saying why.
-    pub dead_letters: Option<Batch>,
-}
-
 /// Keeps a source at a set rate: after `sent` records, it waits until `sent / rate` seconds
 /// have passed since `started`.
 pub struct Pace {
@@ -68,7 +99,7 @@ pub struct Pace {
 
 impl Source {
     /// Opens the source described by `spec`; relative paths start from `dir`.
-    pub async fn open(spec: &SourceSpec, dir: &Path) -> Result<Source, SourceError> {
+    pub fn open(spec: &SourceSpec, dir: &Path, drain: SharedDrain) -> Result<Source, SourceError> {
         Ok(match spec {
             SourceSpec::Generator(g) => {
                 let rate = g.rate_per_sec.as_ref().map(|r| r.value.max(1));
@@ -87,22 +118,49 @@ impl Source {
                     }),
                 }
             }
-            SourceSpec::File(f) => Source::File(
-                file::FileSource::open(&dir.join(&f.path.value), f.batch_size.value).await?,
-            ),
-            SourceSpec::Kafka(k) => Source::Kafka(Box::new(kafka::KafkaSource::open(k)?)),
+            SourceSpec::File(f) => Source::File(file::FileSource::open(
+                &dir.join(&f.path.value),
+                f.batch_size.value,
+            )?),
+            SourceSpec::Kafka(k) => Source::Kafka(Box::new(kafka::KafkaSource::open(k, drain)?)),
         })
     }
 
-    /// The next batch, with the records the source itself refused, or `None` when the source
-    /// has ended (a Kafka source never ends by itself).
-    pub async fn next(&mut self) -> Result<Option<Pulled>, SourceError> {
-        match self {
-            Source::Kafka(k) => k.next_batch().await.map(Some),
-            _ => Ok(self.next_batch().await?.map(|batch| Pulled {
+    /// The next batch, blocking at most about [`MAX_WAIT`].
+    pub fn next(&mut self) -> Result<Next, SourceError> {
+        let plain = |batch: Option<Batch>| match batch {
+            Some(batch) => Next::Pulled(Pulled {
                 batch,
                 dead_letters: None,
-            })),
+            }),
+            None => Next::End,
+        };
+        match self {
+            Source::Generator {
+                generator,
+                batch_size,
+                pace,
+            } => {
+                if let Some(pace) = pace {
+                    let due =
+                        pace.started + Duration::from_secs_f64(pace.sent as f64 / pace.rate as f64);
+                    let now = Instant::now();
+                    if due > now + MAX_WAIT {
+                        std::thread::sleep(MAX_WAIT);
+                        return Ok(Next::Idle);
+                    }
+                    std::thread::sleep(due.saturating_duration_since(now));
+                }
+                let mut batch =
+                    Batch::with_capacity(generator::TOPIC, 0, *batch_size, *batch_size * 200);
+                let n = generator.fill(&mut batch, *batch_size);
+                if let Some(pace) = pace {
+                    pace.sent += n as u64;
+                }
+                Ok(plain((n > 0).then_some(batch)))
+            }
+            Source::File(f) => Ok(plain(f.next_batch()?)),
+            Source::Kafka(k) => k.next(),
         }
     }
 
@@ -119,32 +177,6 @@ impl Source {
         match self {
             Source::Kafka(k) => k.commit(id),
             _ => Ok(()),
-        }
-    }
-
-    /// The next batch of the sources that never refuse records.
-    async fn next_batch(&mut self) -> Result<Option<Batch>, SourceError> {
-        match self {
-            Source::Generator {
-                generator,
-                batch_size,
-                pace,
-            } => {
-                if let Some(pace) = pace {
-                    let due =
-                        pace.started + Duration::from_secs_f64(pace.sent as f64 / pace.rate as f64);
-                    tokio::time::sleep_until(due).await;
-                }
-                let mut batch =
-                    Batch::with_capacity(generator::TOPIC, 0, *batch_size, *batch_size * 200);
-                let n = generator.fill(&mut batch, *batch_size);
-                if let Some(pace) = pace {
-                    pace.sent += n as u64;
-                }
-                Ok((n > 0).then_some(batch))
-            }
-            Source::File(f) => f.next_batch().await,
-            Source::Kafka(_) => unreachable!("Source::next reads Kafka itself"),
         }
     }
 

@@ -1,0 +1,182 @@
+//! Driving the source: its own thread, checkpoint barriers on a timer, acknowledgements from
+//! the sinks, and the synchronous checkpoint a Kafka source asks for on a rebalance.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use tokio::sync::mpsc;
+
+use super::{ChainMsg, Metrics, RunError};
+use crate::sources::{Drain, Next, Pulled, Source};
+
+/// The source's side of the pipeline: where it sends batches and barriers, and where it learns
+/// that every sink has finished a checkpoint.
+pub(super) struct Driver {
+    /// The stage chain's input; `None` once the source has said its last word.
+    chain: Option<mpsc::Sender<ChainMsg>>,
+    /// Acknowledgements: one per sink per finished checkpoint.
+    acks: mpsc::UnboundedReceiver<u64>,
+    /// Acknowledgements so far, per open checkpoint.
+    counts: HashMap<u64, usize>,
+    /// Checkpoints every sink has finished that the source has not been told about yet.
+    finished: VecDeque<u64>,
+    /// Sinks that acknowledge each checkpoint.
+    sinks: usize,
+    /// Number of the last checkpoint started.
+    last: u64,
+    /// Counters.
+    metrics: Arc<Metrics>,
+}
+
+/// The chain or every sink has stopped; their own errors say why.
+#[derive(Debug)]
+pub(super) struct Stopped;
+
+impl Driver {
+    pub(super) fn new(
+        chain: mpsc::Sender<ChainMsg>,
+        acks: mpsc::UnboundedReceiver<u64>,
+        sinks: usize,
+        metrics: Arc<Metrics>,
+    ) -> Driver {
+        Driver {
+            chain: Some(chain),
+            acks,
+            counts: HashMap::new(),
+            finished: VecDeque::new(),
+            sinks,
+            last: 0,
+            metrics,
+        }
+    }
+
+    fn send(&self, msg: ChainMsg) -> Result<(), Stopped> {
+        self.chain
+            .as_ref()
+            .ok_or(Stopped)?
+            .blocking_send(msg)
+            .map_err(|_| Stopped)
+    }
+
+    fn send_pulled(&self, pulled: Pulled) -> Result<(), Stopped> {
+        self.metrics.source_out(pulled.batch.len());
+        if let Some(dead) = pulled.dead_letters {
+            self.metrics.dead_letters(None, dead.len());
+            self.send(ChainMsg::DeadLetters(dead))?;
+        }
+        self.send(ChainMsg::Batch(pulled.batch))
+    }
+
+    fn count(&mut self, id: u64) {
+        let count = self.counts.entry(id).or_default();
+        *count += 1;
+        if *count == self.sinks {
+            self.counts.remove(&id);
+            self.finished.push_back(id);
+        }
+    }
+
+    fn poll_acks(&mut self) {
+        while let Ok(id) = self.acks.try_recv() {
+            self.count(id);
+        }
+    }
+
+    /// Starts a checkpoint: `barrier` (the source noting its position) runs just before the
+    /// barrier is sent.
+    fn start(&mut self, barrier: &mut dyn FnMut(u64)) -> Result<u64, Stopped> {
+        self.last += 1;
+        barrier(self.last);
+        self.send(ChainMsg::Checkpoint(self.last))?;
+        Ok(self.last)
+    }
+
+    /// Blocks until every sink has finished checkpoint `id`.
+    fn wait_for(&mut self, id: u64) -> Result<(), Stopped> {
+        while !self.finished.contains(&id) {
+            let ack = self.acks.blocking_recv().ok_or(Stopped)?;
+            self.count(ack);
+        }
+        Ok(())
+    }
+}
+
+impl Drain for Driver {
+    fn drain(&mut self, pulled: Vec<Pulled>, barrier: &mut dyn FnMut(u64)) -> Result<u64, String> {
+        let stopped = |Stopped| "the pipeline stopped".to_string();
+        for p in pulled {
+            self.send_pulled(p).map_err(stopped)?;
+        }
+        let id = self.start(barrier).map_err(stopped)?;
+        self.wait_for(id).map_err(stopped)?;
+        self.finished.retain(|f| *f != id);
+        Ok(id)
+    }
+}
+
+/// Runs the source until it ends or `stop` is set: hands its batches to the chain, starts a
+/// checkpoint every `interval`, and tells the source about finished checkpoints. At the end, a
+/// last checkpoint covers everything handed out, and the thread returns once every sink has
+/// finished it, so a restart neither repeats nor skips a record.
+pub(super) fn run(
+    mut source: Source,
+    driver: Arc<Mutex<Driver>>,
+    interval: Duration,
+    stop: Arc<AtomicBool>,
+) -> Result<(), RunError> {
+    let lock = || driver.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut next_checkpoint = Instant::now() + interval;
+    let ended = loop {
+        if stop.load(Ordering::Relaxed) {
+            tracing::info!("stopping: finishing what is in flight");
+            break false;
+        }
+        {
+            let mut d = lock();
+            d.poll_acks();
+            while let Some(id) = d.finished.pop_front() {
+                source.checkpoint_done(id)?;
+            }
+            if Instant::now() >= next_checkpoint {
+                next_checkpoint = Instant::now() + interval;
+                if d.start(&mut |id| source.barrier(id)).is_err() {
+                    return Ok(());
+                }
+            }
+        }
+        // The driver is not locked here: a Kafka poll may run a rebalance, which drains
+        // through it.
+        match source.next()? {
+            Next::Pulled(pulled) => {
+                if lock().send_pulled(pulled).is_err() {
+                    return Ok(());
+                }
+            }
+            Next::Idle => {}
+            Next::End => break true,
+        }
+    };
+    let mut d = lock();
+    if ended && d.send(ChainMsg::End).is_err() {
+        return Ok(());
+    }
+    let Ok(last) = d.start(&mut |id| source.barrier(id)) else {
+        return Ok(());
+    };
+    d.chain = None; // the chain ends once it has passed the last barrier on
+    if d.wait_for(last).is_err() {
+        return Ok(());
+    }
+    while let Some(id) = d.finished.pop_front() {
+        source.checkpoint_done(id)?;
+    }
+    drop(d);
+    drop(source); // a Kafka consumer leaves its group here, with everything committed
+    Ok(())
+}
