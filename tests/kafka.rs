@@ -228,3 +228,84 @@ fn poison_messages_land_on_the_dlq_topic_with_their_reasons() {
         "every message is in the output or the DLQ"
     );
 }
+
+/// Two processes in one consumer group split the partitions; when one stops, the other takes
+/// its partitions over; the union of their outputs holds every message exactly once, including
+/// those read around both rebalances (a member joining, a member leaving).
+#[test]
+fn two_processes_split_a_group_and_one_takes_over() {
+    let broker = Broker::start();
+    broker.tool(&["create", "shared", "3"]);
+    broker.tool(&["produce", "shared", "30000"]);
+    let dir_a = tempfile::tempdir().unwrap();
+    let dir_b = tempfile::tempdir().unwrap();
+    let file_a = pipeline(&broker, dir_a.path(), "shared", "pair", DLQ_TO_STDOUT, "");
+    let file_b = pipeline(&broker, dir_b.path(), "shared", "pair", DLQ_TO_STDOUT, "");
+    let (out_a, out_b) = (
+        dir_a.path().join("out.jsonl"),
+        dir_b.path().join("out.jsonl"),
+    );
+    let lines = |f: &std::path::Path| {
+        std::fs::read_to_string(f)
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+    };
+
+    let a = Running::start(&file_a);
+    support::wait_for_lines(&out_a, 1, 60);
+    let b = Running::start(&file_b);
+    // B joins: A gives partitions up (draining what it holds) and the group splits them.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    broker.tool(&["produce", "shared", "30000", "--start", "30000"]);
+    while lines(&out_a) + lines(&out_b) < 60_000 || lines(&out_b) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a: {}, b: {}",
+            lines(&out_a),
+            lines(&out_b)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let b_partitions: HashSet<i64> = read_lines(&out_b)
+        .iter()
+        .map(|r| r["partition"].as_i64().unwrap())
+        .collect();
+    assert!(
+        !b_partitions.is_empty() && b_partitions.len() < 3,
+        "B owns part of the topic: {b_partitions:?}"
+    );
+
+    // B leaves: it commits what it wrote, and A takes its partitions over from there.
+    b.stop();
+    let b_total = lines(&out_b);
+    broker.tool(&["produce", "shared", "30000", "--start", "60000"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while lines(&out_a) + b_total < 90_000 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a: {}, b: {b_total}",
+            lines(&out_a)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    a.stop();
+    let rows_a = read_lines(&out_a);
+    let after_b_left: HashSet<i64> = rows_a
+        .iter()
+        .filter(|r| {
+            serde_json::from_str::<Value>(r["value"].as_str().unwrap()).unwrap()["n"]
+                .as_u64()
+                .unwrap()
+                >= 60_000
+        })
+        .map(|r| r["partition"].as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        after_b_left.len(),
+        3,
+        "after B left, A reads every partition"
+    );
+    let mut all = rows_a;
+    all.extend(read_lines(&out_b));
+    assert_exactly_once(&all, "shared", 90_000);
+}
