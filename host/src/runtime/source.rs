@@ -152,9 +152,9 @@ pub(super) fn run(
         }
         // The driver is not locked here: a Kafka poll may run a rebalance, which drains
         // through it.
-        match source.next()? {
+        match source.pull()? {
             Next::Pulled(pulled) => {
-                if lock().send_pulled(pulled).is_err() {
+                if lock().send_pulled(*pulled).is_err() {
                     return Ok(());
                 }
             }

@@ -87,7 +87,7 @@ struct Context {
     state: Arc<Mutex<State>>,
     /// The runtime's synchronous checkpoint.
     drain: SharedDrain,
-    /// An error from the callback, reported by the next [`KafkaSource::next`].
+    /// An error from the callback, reported by the next [`KafkaSource::pull`].
     failed: Mutex<Option<String>>,
 }
 
@@ -192,7 +192,7 @@ impl KafkaSource {
     }
 
     /// The next batch of one partition, waiting at most about [`MAX_WAIT`].
-    pub fn next(&mut self) -> Result<Next, SourceError> {
+    pub fn pull(&mut self) -> Result<Next, SourceError> {
         if let Some(e) = self
             .consumer
             .context()
@@ -211,7 +211,7 @@ impl KafkaSource {
                 let mut state = self.state();
                 if let Some(key) = state.due() {
                     let (batch, _) = state.filling.remove(&key).expect("due batches exist");
-                    return Ok(Next::Pulled(state.hand_out(key, batch)));
+                    return Ok(Next::Pulled(Box::new(state.hand_out(key, batch))));
                 }
                 let oldest_due = state
                     .filling

@@ -33,7 +33,7 @@ pub enum SourceError {
     Kafka(String),
 }
 
-/// The longest a call to [`Source::next`] blocks, so the runtime can start checkpoints and
+/// The longest a call to [`Source::pull`] blocks, so the runtime can start checkpoints and
 /// notice a stop request in time.
 pub const MAX_WAIT: Duration = Duration::from_millis(50);
 
@@ -46,10 +46,10 @@ pub struct Pulled {
     pub dead_letters: Option<Batch>,
 }
 
-/// What [`Source::next`] found.
+/// What [`Source::pull`] found.
 pub enum Next {
-    /// Records.
-    Pulled(Pulled),
+    /// Records (boxed: a batch is large next to the other answers).
+    Pulled(Box<Pulled>),
     /// Nothing yet; ask again.
     Idle,
     /// The source has ended (a bounded generator or a file); Kafka never ends by itself.
@@ -127,12 +127,12 @@ impl Source {
     }
 
     /// The next batch, blocking at most about [`MAX_WAIT`].
-    pub fn next(&mut self) -> Result<Next, SourceError> {
+    pub fn pull(&mut self) -> Result<Next, SourceError> {
         let plain = |batch: Option<Batch>| match batch {
-            Some(batch) => Next::Pulled(Pulled {
+            Some(batch) => Next::Pulled(Box::new(Pulled {
                 batch,
                 dead_letters: None,
-            }),
+            })),
             None => Next::End,
         };
         match self {
@@ -160,7 +160,7 @@ impl Source {
                 Ok(plain((n > 0).then_some(batch)))
             }
             Source::File(f) => Ok(plain(f.next_batch()?)),
-            Source::Kafka(k) => k.next(),
+            Source::Kafka(k) => k.pull(),
         }
     }
 
