@@ -468,19 +468,19 @@ fn check_source(source: &Spanned<SourceSpec>, dir: &Path, problems: &mut Problem
     }
 }
 
+/// Refuses client properties that are neither in `allowed` nor security settings.
 fn check_properties(
     properties: &Spanned<std::collections::BTreeMap<String, String>>,
     allowed: &[&str],
     problems: &mut Problems,
 ) {
+    use crate::sources::kafka::SECURITY_PROPERTIES;
     for key in properties.value.keys() {
-        if !allowed.contains(&key.as_str()) {
+        if !allowed.contains(&key.as_str()) && !SECURITY_PROPERTIES.contains(&key.as_str()) {
+            let allowed = [allowed, SECURITY_PROPERTIES].concat().join(", ");
             problems.at(
                 &properties.referenced,
-                format!(
-                    "client property `{key}` cannot be set here; allowed: {}",
-                    allowed.join(", ")
-                ),
+                format!("client property `{key}` cannot be set here; allowed: {allowed}"),
             );
         }
     }

@@ -15,7 +15,8 @@ use rdkafka::{
 use super::SinkError;
 use crate::{pipeline::spec::KafkaSinkSpec, record::Batch};
 
-/// Producer properties a pipeline may set, beyond the ones Weir sets itself.
+/// Producer properties a pipeline may set (besides
+/// [`SECURITY_PROPERTIES`](crate::sources::kafka::SECURITY_PROPERTIES)).
 pub const ALLOWED_PROPERTIES: &[&str] = &[
     "client.id",
     "linger.ms",
@@ -27,16 +28,6 @@ pub const ALLOWED_PROPERTIES: &[&str] = &[
     "queue.buffering.max.messages",
     "queue.buffering.max.kbytes",
     "socket.timeout.ms",
-    "security.protocol",
-    "sasl.mechanism",
-    "sasl.mechanisms",
-    "sasl.username",
-    "sasl.password",
-    "ssl.ca.location",
-    "ssl.certificate.location",
-    "ssl.key.location",
-    "ssl.key.password",
-    "ssl.endpoint.identification.algorithm",
 ];
 
 /// Deliveries awaited at once before sending more; bounds memory when the broker is slow.

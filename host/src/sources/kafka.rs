@@ -30,7 +30,7 @@ use crate::{
     record::{Batch, RecordError, header},
 };
 
-/// Client properties a pipeline may set, beyond the ones Weir sets itself. Anything else is
+/// Consumer properties a pipeline may set (besides [`SECURITY_PROPERTIES`]). Anything else is
 /// refused, so a pipeline file cannot, say, turn auto-commit back on.
 pub const ALLOWED_PROPERTIES: &[&str] = &[
     "client.id",
@@ -47,6 +47,10 @@ pub const ALLOWED_PROPERTIES: &[&str] = &[
     "reconnect.backoff.max.ms",
     "partition.assignment.strategy",
     "isolation.level",
+];
+
+/// Connection security properties a pipeline may set on any Kafka client (source or sink).
+pub const SECURITY_PROPERTIES: &[&str] = &[
     "security.protocol",
     "sasl.mechanism",
     "sasl.mechanisms",
