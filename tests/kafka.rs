@@ -245,27 +245,18 @@ fn two_processes_split_a_group_and_one_takes_over() {
         dir_a.path().join("out.jsonl"),
         dir_b.path().join("out.jsonl"),
     );
-    let lines = |f: &std::path::Path| {
-        std::fs::read_to_string(f)
-            .map(|t| t.lines().count())
-            .unwrap_or(0)
-    };
+    let lines = |f: &std::path::Path| support::count_lines(f);
 
     let a = Running::start(&file_a);
     support::wait_for_lines(&out_a, 1, 60);
     let b = Running::start(&file_b);
     // B joins: A gives partitions up (draining what it holds) and the group splits them.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     broker.tool(&["produce", "shared", "30000", "--start", "30000"]);
-    while lines(&out_a) + lines(&out_b) < 60_000 || lines(&out_b) == 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "a: {}, b: {}",
-            lines(&out_a),
-            lines(&out_b)
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    support::wait_until(
+        60,
+        || lines(&out_a) + lines(&out_b) >= 60_000 && lines(&out_b) > 0,
+        || format!("a: {}, b: {}", lines(&out_a), lines(&out_b)),
+    );
     let b_partitions: HashSet<i64> = read_lines(&out_b)
         .iter()
         .map(|r| r["partition"].as_i64().unwrap())
@@ -279,15 +270,11 @@ fn two_processes_split_a_group_and_one_takes_over() {
     b.stop();
     let b_total = lines(&out_b);
     broker.tool(&["produce", "shared", "30000", "--start", "60000"]);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while lines(&out_a) + b_total < 90_000 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "a: {}, b: {b_total}",
-            lines(&out_a)
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    support::wait_until(
+        60,
+        || lines(&out_a) + b_total >= 90_000,
+        || format!("a: {}, b: {b_total}", lines(&out_a)),
+    );
     a.stop();
     let rows_a = read_lines(&out_a);
     let after_b_left: HashSet<i64> = rows_a

@@ -245,10 +245,12 @@ fn compiled_plugins_are_cached_by_digest() {
         use sha2::Digest;
         hex::encode(sha2::Sha256::digest(std::fs::read(&path).unwrap()))
     };
+    let started = Instant::now();
     let first = PluginHost::new(Some(cache.path().into()))
         .unwrap()
         .load(&path, false)
         .unwrap();
+    let compiled_in = started.elapsed();
     assert_eq!(first.digest, digest);
     let cached: Vec<String> = std::fs::read_dir(cache.path())
         .unwrap()
@@ -274,8 +276,9 @@ fn compiled_plugins_are_cached_by_digest() {
         1,
         "the cached artifact runs"
     );
+    // Compiling enrich takes tens of milliseconds; loading its machine code, well under one.
     assert!(
-        loaded_in < Duration::from_secs(1),
-        "loading from the cache does not compile: {loaded_in:?}"
+        loaded_in * 5 < compiled_in,
+        "loading from the cache ({loaded_in:?}) is much faster than compiling ({compiled_in:?})"
     );
 }

@@ -243,21 +243,37 @@ impl Drop for Running {
     }
 }
 
-/// Waits until `file` has at least `lines` lines (or panics after `secs` seconds).
-pub fn wait_for_lines(file: &Path, lines: usize, secs: u64) {
+/// Number of lines in `file` (0 while it does not exist).
+pub fn count_lines(file: &Path) -> usize {
+    std::fs::read(file)
+        .map(|b| b.iter().filter(|&&c| c == b'\n').count())
+        .unwrap_or(0)
+}
+
+/// Waits until `done` holds, checking every 100 ms; panics with `state()` after `secs` seconds.
+pub fn wait_until(secs: u64, mut done: impl FnMut() -> bool, state: impl Fn() -> String) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
-    loop {
-        let n = std::fs::read(file)
-            .map(|b| b.iter().filter(|&&c| c == b'\n').count())
-            .unwrap_or(0);
-        if n >= lines {
-            return;
-        }
+    while !done() {
         assert!(
             std::time::Instant::now() < deadline,
-            "{} has {n} lines, expected {lines} within {secs} s",
-            file.display()
+            "not done within {secs} s: {}",
+            state()
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+}
+
+/// Waits until `file` has at least `lines` lines (or panics after `secs` seconds).
+pub fn wait_for_lines(file: &Path, lines: usize, secs: u64) {
+    wait_until(
+        secs,
+        || count_lines(file) >= lines,
+        || {
+            format!(
+                "{} has {} lines, expected {lines}",
+                file.display(),
+                count_lines(file)
+            )
+        },
+    );
 }

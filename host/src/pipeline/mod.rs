@@ -123,13 +123,6 @@ pub struct Pipeline {
     pub checkpoint_interval: Duration,
 }
 
-impl Pipeline {
-    /// Resolves a path written in the pipeline file.
-    pub fn resolve(&self, path: &str) -> PathBuf {
-        normalize(&self.dir.join(path))
-    }
-}
-
 /// Reads and parses a pipeline file, without checking what it refers to.
 pub fn parse(file: &Path) -> Result<PipelineSpec, SpecErrors> {
     let text = std::fs::read_to_string(file).map_err(|e| {

@@ -184,10 +184,6 @@ struct Instance {
     stderr: MemoryOutputPipe,
 }
 
-/// What a stage produced for one call: its output batch, with per-record failures (the
-/// plugin's own errors and contained traps alike) in `errors`.
-pub type StageOutput = OutputBatch;
-
 /// Runs one stage of a pipeline and keeps it running: a trap or a timeout replaces the
 /// instance and retries the batch one record at a time, so only the poison record fails.
 pub struct StageRunner {
@@ -318,7 +314,7 @@ impl StageRunner {
     /// Processes a batch. Never fails for a plugin's sake: per-record errors and contained
     /// traps come back in the output's `errors`. Fails only if a fresh instance cannot even be
     /// initialised again.
-    pub fn process(&mut self, batch: &Batch) -> Result<StageOutput, PluginError> {
+    pub fn process(&mut self, batch: &Batch) -> Result<OutputBatch, PluginError> {
         self.clock
             .store(batch.processing_time_ms, Ordering::Relaxed);
         match self.call(|b, s| b.weir_plugin_transform().call_process(s, batch)) {
@@ -335,7 +331,7 @@ impl StageRunner {
         }
     }
 
-    fn process_one_by_one(&mut self, batch: &Batch) -> Result<StageOutput, PluginError> {
+    fn process_one_by_one(&mut self, batch: &Batch) -> Result<OutputBatch, PluginError> {
         let mut merged = OutputBatch {
             records: Vec::new(),
             data: Vec::new(),
@@ -360,7 +356,7 @@ impl StageRunner {
 
     /// Advances event time: hands the stage the timers due at `watermark_ms`. A trap here loses
     /// the windows those timers would have closed, so it is reported as an error.
-    pub fn on_watermark(&mut self, watermark_ms: i64) -> Result<StageOutput, String> {
+    pub fn on_watermark(&mut self, watermark_ms: i64) -> Result<OutputBatch, String> {
         let fired = self.due_timers(watermark_ms);
         self.clock.store(now_ms(), Ordering::Relaxed);
         match self.call(|b, s| {

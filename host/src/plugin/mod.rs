@@ -29,7 +29,7 @@ use wasmtime::{
 };
 
 use instance::HostState;
-pub use instance::{StageOutput, StageRunner, now_ms};
+pub use instance::{StageRunner, now_ms};
 
 /// How often the epoch ticker advances the engines' epoch: the resolution of call deadlines.
 const EPOCH_TICK: Duration = Duration::from_millis(10);

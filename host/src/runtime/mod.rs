@@ -384,7 +384,7 @@ fn run_stages(
                 &stage.name,
                 Some(&stage.runner.plugin().digest),
             );
-            metrics.dead_letters(Some(index), dead.len());
+            metrics.dead_letters(dead.len());
             router
                 .blocking_send(Route::Dlq, dead)
                 .map_err(|_| stopped())?;
@@ -505,7 +505,7 @@ async fn sink_task(
                         })
                         .collect();
                     let dead = batch.dead_letters(&errors, &name, None);
-                    metrics.dead_letters(None, dead.len());
+                    metrics.dead_letters(dead.len());
                     let router = dlq.as_ref().ok_or_else(|| {
                         SinkError::Internal("a rejecting sink has no dead-letter route".into())
                     })?;

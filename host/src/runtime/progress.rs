@@ -67,7 +67,7 @@ impl Metrics {
         self.sinks[sink].1.fetch_add(n as u64, Relaxed);
     }
 
-    pub(crate) fn dead_letters(&self, _stage: Option<usize>, n: usize) {
+    pub(crate) fn dead_letters(&self, n: usize) {
         self.dead_letters.fetch_add(n as u64, Relaxed);
     }
 

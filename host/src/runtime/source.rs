@@ -67,7 +67,7 @@ impl Driver {
     fn send_pulled(&self, pulled: Pulled) -> Result<(), Stopped> {
         self.metrics.source_out(pulled.batch.len());
         if let Some(dead) = pulled.dead_letters {
-            self.metrics.dead_letters(None, dead.len());
+            self.metrics.dead_letters(dead.len());
             self.send(ChainMsg::DeadLetters(dead))?;
         }
         self.send(ChainMsg::Batch(pulled.batch))

@@ -250,9 +250,7 @@ impl ParquetSink {
         let mut count = 0;
         for i in indices {
             let value = batch.value(i);
-            if value.first().is_none_or(|b| *b != b'{')
-                && !value.trim_ascii_start().starts_with(b"{")
-            {
+            if !value.trim_ascii_start().starts_with(b"{") {
                 return Err(arrow_schema::ArrowError::JsonError(format!(
                     "expected a JSON object at record {i}"
                 )));

@@ -12,7 +12,7 @@
 //! move: the next owner starts exactly where this one stopped.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::BTreeMap,
     sync::{Arc, Mutex, PoisonError},
     time::{Duration, Instant},
 };
@@ -76,7 +76,9 @@ struct State {
     /// Longest a partial batch waits for more records.
     linger: Duration,
     /// Batches being filled, per (topic, partition), with when their first record arrived.
-    filling: HashMap<(String, i32), (Batch, Instant)>,
+    /// (The batch names its topic and partition; there are as many as assigned partitions,
+    /// so a scan finds one without building a key per message.)
+    filling: Vec<(Batch, Instant)>,
     /// Next offset after the last batch handed out, per partition.
     handed_out: Positions,
     /// What was last committed.
@@ -106,7 +108,7 @@ impl ConsumerContext for Context {
         if !state.filling.is_empty() || state.handed_out != state.committed {
             let pulled: Vec<Pulled> = std::mem::take(&mut state.filling)
                 .into_iter()
-                .map(|(key, (batch, _))| state.hand_out(key, batch))
+                .map(|(batch, _)| state.hand_out(batch))
                 .collect();
             let drained = self
                 .drain
@@ -174,7 +176,7 @@ impl KafkaSource {
                 .linger
                 .as_ref()
                 .map_or(Duration::from_millis(50), |l| l.value.0),
-            filling: HashMap::new(),
+            filling: Vec::new(),
             handed_out: Positions::new(),
             committed: Positions::new(),
             pending: BTreeMap::new(),
@@ -213,13 +215,13 @@ impl KafkaSource {
         loop {
             let wait = {
                 let mut state = self.state();
-                if let Some(key) = state.due() {
-                    let (batch, _) = state.filling.remove(&key).expect("due batches exist");
-                    return Ok(Next::Pulled(Box::new(state.hand_out(key, batch))));
+                if let Some(i) = state.due() {
+                    let (batch, _) = state.filling.swap_remove(i);
+                    return Ok(Next::Pulled(Box::new(state.hand_out(batch))));
                 }
                 let oldest_due = state
                     .filling
-                    .values()
+                    .iter()
                     .map(|(_, since)| *since + state.linger)
                     .min();
                 oldest_due
@@ -252,19 +254,21 @@ impl KafkaSource {
 
 impl State {
     fn push(&mut self, message: &BorrowedMessage<'_>) {
-        let key = (message.topic().to_string(), message.partition());
-        let batch_size = self.batch_size;
-        let (batch, _) = self.filling.entry(key).or_insert_with(|| {
-            (
-                Batch::with_capacity(
-                    message.topic(),
-                    message.partition(),
-                    batch_size,
-                    batch_size * 256,
-                ),
-                Instant::now(),
-            )
-        });
+        let (topic, partition) = (message.topic(), message.partition());
+        let i = match self
+            .filling
+            .iter()
+            .position(|(b, _)| b.partition == partition && b.topic == topic)
+        {
+            Some(i) => i,
+            None => {
+                let batch =
+                    Batch::with_capacity(topic, partition, self.batch_size, self.batch_size * 256);
+                self.filling.push((batch, Instant::now()));
+                self.filling.len() - 1
+            }
+        };
+        let batch = &mut self.filling[i].0;
         let headers: Vec<_> = message
             .headers()
             .map(|hs| {
@@ -284,20 +288,22 @@ impl State {
     }
 
     /// The partition whose batch should go now: a full one, else one that waited long enough.
-    fn due(&self) -> Option<(String, i32)> {
+    fn due(&self) -> Option<usize> {
         let now = Instant::now();
         self.filling
             .iter()
+            .enumerate()
             .filter(|(_, (batch, since))| {
                 batch.len() >= self.batch_size || now >= *since + self.linger
             })
             .min_by_key(|(_, (_, since))| *since)
-            .map(|(key, _)| key.clone())
+            .map(|(i, _)| i)
     }
 
-    fn hand_out(&mut self, key: (String, i32), batch: Batch) -> Pulled {
+    fn hand_out(&mut self, batch: Batch) -> Pulled {
         if let Some(last) = batch.records.last() {
-            self.handed_out.insert(key, last.offset + 1);
+            self.handed_out
+                .insert((batch.topic.clone(), batch.partition), last.offset + 1);
         }
         match self.format {
             ValueFormat::Raw => Pulled {
