@@ -38,10 +38,10 @@ plugins: toolchain
 build:
 	cargo build --release
 
-## The Python readers tests use to check output independently (pyarrow, DuckDB).
+## The test services (the tansu broker) and the independent readers (pyarrow, DuckDB,
+## confluent-kafka), installed once into $(VENV).
 readers:
-	@[ -x $(VENV)/bin/python ] || python3 -m venv $(VENV)
-	@$(VENV)/bin/pip install --quiet --disable-pip-version-check -r tests/requirements.txt
+	@WEIR_VENV=$(VENV) tests/services.sh install
 
 ## Formatting and clippy, for the host and the plugins, warnings as errors.
 lint:

@@ -296,3 +296,67 @@ fn two_processes_split_a_group_and_one_takes_over() {
     all.extend(read_lines(&out_b));
     assert_exactly_once(&all, "shared", 90_000);
 }
+
+/// `weir gen` writes a topic that an independent client reads back record for record as the
+/// same seed writes to a file, keyed, with event times as timestamps, at the rate asked for.
+#[test]
+fn gen_writes_a_topic_at_a_rate_the_same_as_to_a_file() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let common = [
+        "gen",
+        "--format",
+        "cdc",
+        "--count",
+        "20000",
+        "--seed",
+        "9",
+        "--start-time-ms",
+        "1767225600000",
+        "--events-per-sec",
+        "1000",
+        "--quiet",
+    ];
+    let started = std::time::Instant::now();
+    let status = support::weir()
+        .args(common)
+        .args(["--rate", "10000", "--topic", "changes", "--partitions", "3"])
+        .args(["--bootstrap-servers", &broker.bootstrap])
+        .status()
+        .unwrap();
+    let took = started.elapsed().as_secs_f64();
+    assert!(status.success());
+    assert!(
+        (1.9..6.0).contains(&took),
+        "20,000 records at 10,000/s took {took:.1}s"
+    );
+    let file = dir.path().join("changes.jsonl");
+    let status = support::weir()
+        .args(common)
+        .arg("--out")
+        .arg(&file)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let expected: Vec<Value> = read_lines(&file);
+    let consumed = broker.tool(&["consume", "changes", "20000"]);
+    let mut by_lsn = BTreeMap::new();
+    let mut partitions = HashSet::new();
+    for line in consumed.lines() {
+        let row: Value = serde_json::from_str(line).unwrap();
+        let value: Value = serde_json::from_str(row["value"].as_str().unwrap()).unwrap();
+        let id = if value["op"] == "d" {
+            &value["before"]["id"]
+        } else {
+            &value["after"]["id"]
+        };
+        assert_eq!(row["key"], format!("{{\"id\":{id}}}"));
+        assert_eq!(row["timestamp"], value["ts_ms"]);
+        partitions.insert(row["partition"].as_i64().unwrap());
+        by_lsn.insert(value["source"]["lsn"].as_u64().unwrap(), value);
+    }
+    assert_eq!(partitions.len(), 3, "keys spread over the partitions");
+    let read: Vec<Value> = by_lsn.into_values().collect();
+    assert_eq!(read.len(), 20_000);
+    assert!(read == expected, "the topic holds what the file holds");
+}

@@ -24,7 +24,7 @@ use std::{
 use weir::{
     pipeline::{
         self,
-        spec::{GeneratorSpec, TradeFormat, unspanned},
+        spec::{GeneratorFormat, GeneratorSpec, unspanned},
     },
     plugin::{Limits, PluginHost, StageRunner},
     record::Batch,
@@ -49,7 +49,7 @@ fn generator() -> Generator {
         count: None,
         rate_per_sec: None,
         seed: 42,
-        format: TradeFormat::Binance,
+        format: GeneratorFormat::Binance,
         symbols: None,
         start_time_ms: Some(1_767_225_600_000),
         events_per_sec: None,

@@ -7,13 +7,15 @@
 //!
 //! - [`pipeline`]: the pipeline file — typed spec, parsing with locations, checking, wiring.
 //! - [`runtime`]: running a pipeline — tasks, bounded channels, checkpoint barriers, progress.
-//! - [`sources`]: built-in sources (`generator`, `file`).
+//! - [`sources`]: built-in sources (`generator`, `file`, `kafka`).
 //! - [`plugin`]: the wasmtime embedding — compile cache, sandbox limits, trap containment.
 //! - [`record`]: record batches in the columnar layout shared with plugins.
-//! - [`sinks`]: built-in sinks (`parquet`, `jsonl`, `stdout`, `null`).
+//! - [`sinks`]: built-in sinks (`parquet`, `jsonl`, `stdout`, `blackhole`, `kafka`).
+//! - [`datagen`]: `weir gen`, generated data to a file or a topic.
 //!
 //! `main.rs` is a thin command line over [`pipeline::load`] and [`runtime::run`].
 
+pub mod datagen;
 pub mod pipeline;
 pub mod plugin;
 pub mod record;

@@ -4,7 +4,11 @@ use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 use weir::{
-    pipeline,
+    datagen,
+    pipeline::{
+        self,
+        spec::{GeneratorFormat, KafkaSinkSpec, unspanned},
+    },
     plugin::PluginHost,
     runtime::{self, RunOptions},
 };
@@ -38,6 +42,9 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
+    /// Writes generated data (trades, user events, metrics, CDC changes) to standard output, a
+    /// file or a Kafka topic, at a target rate, the same for the same seed.
+    Gen(GenArgs),
     /// Checks pipeline files without running them: syntax, types, unknown keys, plugins
     /// (present, the right world, config accepted) and wiring.
     Validate {
@@ -45,6 +52,58 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+}
+
+/// Options of `weir gen`.
+#[derive(clap::Args)]
+struct GenArgs {
+    /// What to generate.
+    #[arg(long, value_enum, default_value = "binance")]
+    format: GeneratorFormat,
+    /// Records to write; without it, runs until interrupted.
+    #[arg(long)]
+    count: Option<u64>,
+    /// Records per second; without it, as fast as the output takes them.
+    #[arg(long)]
+    rate: Option<u64>,
+    /// Seed: the same seed (and start time) gives the same records.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Event time of the first record, in ms since the Unix epoch (default: now).
+    #[arg(long)]
+    start_time_ms: Option<i64>,
+    /// Event-time records per second: record `i` happens at start + i * 1000 / this ms
+    /// (default: the rate, or 1000).
+    #[arg(long)]
+    events_per_sec: Option<u64>,
+    /// Symbols to trade, comma-separated (trade formats; default: six USDT pairs).
+    #[arg(long, value_delimiter = ',')]
+    symbols: Option<Vec<String>>,
+    /// Write to this file (one value per line) instead of standard output.
+    #[arg(long, conflicts_with = "topic")]
+    out: Option<PathBuf>,
+    /// Write to this Kafka topic (created if missing) instead of standard output.
+    #[arg(long)]
+    topic: Option<String>,
+    /// Kafka brokers, `host:port[,host:port…]`.
+    #[arg(long, default_value = "127.0.0.1:9092", requires = "topic")]
+    bootstrap_servers: String,
+    /// Partitions of the topic, if it has to be created.
+    #[arg(long, default_value_t = 3, requires = "topic")]
+    partitions: i32,
+    /// A producer property, `key=value` (allow-listed: batching, compression, timeouts,
+    /// SASL/SSL); repeatable.
+    #[arg(long = "property", value_parser = key_value, requires = "topic")]
+    properties: Vec<(String, String)>,
+    /// Do not print the progress line every second.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn key_value(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("expected key=value, got `{s}`"))
 }
 
 fn main() -> ExitCode {
@@ -55,6 +114,9 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    if let Command::Gen(args) = cli.command {
+        return generate(args);
+    }
     let cache = if cli.no_cache {
         None
     } else {
@@ -91,6 +153,7 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
         }
+        Command::Gen(_) => unreachable!("handled before the engine starts"),
         Command::Run { file, quiet } => {
             let pipeline = match pipeline::load(&file, &host) {
                 Ok(p) => p,
@@ -128,6 +191,51 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// `weir gen`.
+fn generate(args: GenArgs) -> ExitCode {
+    let spec = datagen::spec(
+        args.format,
+        args.count,
+        args.rate,
+        args.seed,
+        args.start_time_ms,
+        args.events_per_sec,
+        args.symbols,
+    );
+    let output = match (args.topic, args.out) {
+        (Some(topic), _) => datagen::Output::Kafka {
+            sink: Box::new(KafkaSinkSpec {
+                bootstrap_servers: unspanned(args.bootstrap_servers),
+                topic: unspanned(topic),
+                properties: unspanned(args.properties.into_iter().collect()),
+            }),
+            partitions: args.partitions,
+        },
+        (None, Some(path)) => datagen::Output::File(path),
+        (None, None) => datagen::Output::Stdout,
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(datagen::run(&spec, output, !args.quiet, stop_signal())) {
+        Ok(summary) => {
+            eprintln!("gen: wrote {summary}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
         }
     }
 }

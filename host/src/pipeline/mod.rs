@@ -467,14 +467,9 @@ fn check_properties(
     allowed: &[&str],
     problems: &mut Problems,
 ) {
-    use crate::sources::kafka::SECURITY_PROPERTIES;
     for key in properties.value.keys() {
-        if !allowed.contains(&key.as_str()) && !SECURITY_PROPERTIES.contains(&key.as_str()) {
-            let allowed = [allowed, SECURITY_PROPERTIES].concat().join(", ");
-            problems.at(
-                &properties.referenced,
-                format!("client property `{key}` cannot be set here; allowed: {allowed}"),
-            );
+        if let Some(refused) = crate::sources::kafka::refused_property(key, allowed) {
+            problems.at(&properties.referenced, refused);
         }
     }
 }

@@ -106,38 +106,52 @@ pub struct KafkaSourceSpec {
     pub properties: Spanned<std::collections::BTreeMap<String, String>>,
 }
 
-/// Shape of generated trade messages.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+/// What the generator writes.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
-pub enum TradeFormat {
-    /// Binance `trade` stream messages: `{"e":"trade","E":…,"s":"BTCUSDT","t":…,"p":"…","q":"…","T":…,"m":…,"M":true}`.
+#[value(rename_all = "snake_case")]
+pub enum GeneratorFormat {
+    /// Binance `trade` stream messages: `{"e":"trade","E":…,"s":"BTCUSDT","t":…,"p":"…","q":"…","T":…,"m":…,"M":true}`,
+    /// keyed by symbol.
     #[default]
     Binance,
     /// Kraken v2 `trade` channel messages, one trade per message:
-    /// `{"channel":"trade","type":"update","data":[{"symbol":"BTC/USD","side":…,"price":…,"qty":…,"ord_type":…,"trade_id":…,"timestamp":"…"}]}`.
+    /// `{"channel":"trade","type":"update","data":[{"symbol":"BTC/USD","side":…,"price":…,"qty":…,"ord_type":…,"trade_id":…,"timestamp":"…"}]}`,
+    /// keyed by symbol.
     Kraken,
+    /// Page views, clicks, cart additions and purchases of 10,000 users:
+    /// `{"event_id":…,"user_id":"u000042","session_id":…,"type":"purchase","page":"/products/17","device":"ios","ts_ms":…,"amount_cents":1999}`,
+    /// keyed by user.
+    UserEvents,
+    /// Gauges of 20 hosts: `{"host":"web-07","metric":"cpu_percent","value":37.25,"ts_ms":…,"tags":{…}}`,
+    /// keyed by host.
+    Metrics,
+    /// Inserts, updates and deletes of a `customers` table in a Debezium-like envelope:
+    /// `{"before":…,"after":…,"source":{…,"table":"customers","lsn":…},"op":"c|u|d","ts_ms":…}`,
+    /// keyed by `{"id":N}`.
+    Cdc,
 }
 
 /// Settings of the `generator` source.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GeneratorSpec {
-    /// How many trades to generate before the source ends; without it, it runs until stopped.
+    /// How many records to generate before the source ends; without it, it runs until stopped.
     pub count: Option<u64>,
-    /// Trades per second of wall-clock time; without it, as fast as the pipeline takes them.
+    /// Records per second of wall-clock time; without it, as fast as the pipeline takes them.
     pub rate_per_sec: Option<Spanned<u64>>,
-    /// Seed of the random sequence: the same seed gives the same trades.
+    /// Seed of the random sequence: the same seed gives the same records.
     #[serde(default = "default_seed")]
     pub seed: u64,
-    /// Message shape: `binance` (default) or `kraken`.
+    /// What to generate: `binance` (default), `kraken`, `user_events`, `metrics` or `cdc`.
     #[serde(default)]
-    pub format: TradeFormat,
+    pub format: GeneratorFormat,
     /// Symbols to trade (Binance spelling, such as `BTCUSDT`); a default set of six when absent.
     pub symbols: Option<Spanned<Vec<String>>>,
-    /// Event time of the first trade, in milliseconds since the Unix epoch; the time the
+    /// Event time of the first record, in milliseconds since the Unix epoch; the time the
     /// pipeline starts when absent.
     pub start_time_ms: Option<i64>,
-    /// Event-time trades per second: trade `i` happens at `start_time_ms + i * 1000 / this`.
+    /// Event-time records per second: record `i` happens at `start_time_ms + i * 1000 / this`.
     /// Defaults to `rate_per_sec`, or 1000.
     pub events_per_sec: Option<Spanned<u64>>,
     /// Records per batch handed to the stages.

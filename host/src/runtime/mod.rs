@@ -11,7 +11,7 @@
 //! checkpoint barrier travels the same channels as the data, so when a sink sees it, it has
 //! seen every record before it; sinks then finish and publish their files.
 
-mod progress;
+pub mod progress;
 mod source;
 
 use std::{

@@ -63,6 +63,18 @@ pub const SECURITY_PROPERTIES: &[&str] = &[
     "ssl.endpoint.identification.algorithm",
 ];
 
+/// Why client property `key` may not be set, if it may not: it is neither in `allowed` nor a
+/// security property.
+pub fn refused_property(key: &str, allowed: &[&str]) -> Option<String> {
+    if allowed.contains(&key) || SECURITY_PROPERTIES.contains(&key) {
+        return None;
+    }
+    let allowed = [allowed, SECURITY_PROPERTIES].concat().join(", ");
+    Some(format!(
+        "client property `{key}` cannot be set here; allowed: {allowed}"
+    ))
+}
+
 /// Next offset to read, per (topic, partition).
 pub type Positions = BTreeMap<(String, i32), i64>;
 

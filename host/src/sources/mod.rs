@@ -71,9 +71,9 @@ pub type SharedDrain = Arc<Mutex<dyn Drain>>;
 
 /// A running source.
 pub enum Source {
-    /// Synthetic trades.
+    /// Synthetic records.
     Generator {
-        /// The trade sequence.
+        /// The record sequence.
         generator: generator::Generator,
         /// Records per batch.
         batch_size: usize,
@@ -97,25 +97,55 @@ pub struct Pace {
     sent: u64,
 }
 
+impl Pace {
+    /// Pacing at `rate` records per second, from now.
+    pub fn new(rate: u64) -> Pace {
+        Pace {
+            rate: rate.max(1),
+            started: Instant::now(),
+            sent: 0,
+        }
+    }
+
+    /// How long until the next record is due (zero: now).
+    pub fn wait(&self) -> Duration {
+        let due = self.started + Duration::from_secs_f64(self.sent as f64 / self.rate as f64);
+        due.saturating_duration_since(Instant::now())
+    }
+
+    /// Waits until the next record is due, or [`MAX_WAIT`] if that comes first; says whether
+    /// it is due.
+    pub fn ready(&mut self) -> bool {
+        let wait = self.wait();
+        std::thread::sleep(wait.min(MAX_WAIT));
+        wait <= MAX_WAIT
+    }
+
+    /// Counts `n` more records as sent.
+    pub fn sent(&mut self, n: usize) {
+        self.sent += n as u64;
+    }
+
+    /// Records per batch so the flow stays smooth: at most 1/20 s of records.
+    pub fn batch_size(rate: u64, max: usize) -> usize {
+        max.min((rate / 20).max(1) as usize)
+    }
+}
+
 impl Source {
     /// Opens the source described by `spec`; relative paths start from `dir`.
     pub fn open(spec: &SourceSpec, dir: &Path, drain: SharedDrain) -> Result<Source, SourceError> {
         Ok(match spec {
             SourceSpec::Generator(g) => {
                 let rate = g.rate_per_sec.as_ref().map(|r| r.value.max(1));
-                // With a rate, batches hold at most 1/20 s of records so the flow stays smooth.
                 let batch_size = match rate {
-                    Some(rate) => g.batch_size.value.min((rate / 20).max(1) as usize),
+                    Some(rate) => Pace::batch_size(rate, g.batch_size.value),
                     None => g.batch_size.value,
                 };
                 Source::Generator {
                     generator: generator::Generator::new(g, now_ms()),
                     batch_size,
-                    pace: rate.map(|rate| Pace {
-                        rate,
-                        started: Instant::now(),
-                        sent: 0,
-                    }),
+                    pace: rate.map(Pace::new),
                 }
             }
             SourceSpec::File(f) => Source::File(file::FileSource::open(
@@ -141,21 +171,16 @@ impl Source {
                 batch_size,
                 pace,
             } => {
-                if let Some(pace) = pace {
-                    let due =
-                        pace.started + Duration::from_secs_f64(pace.sent as f64 / pace.rate as f64);
-                    let now = Instant::now();
-                    if due > now + MAX_WAIT {
-                        std::thread::sleep(MAX_WAIT);
-                        return Ok(Next::Idle);
-                    }
-                    std::thread::sleep(due.saturating_duration_since(now));
+                if let Some(pace) = pace
+                    && !pace.ready()
+                {
+                    return Ok(Next::Idle);
                 }
                 let mut batch =
                     Batch::with_capacity(generator::TOPIC, 0, *batch_size, *batch_size * 200);
                 let n = generator.fill(&mut batch, *batch_size);
                 if let Some(pace) = pace {
-                    pace.sent += n as u64;
+                    pace.sent(n);
                 }
                 Ok(plain((n > 0).then_some(batch)))
             }
