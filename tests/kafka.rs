@@ -360,3 +360,199 @@ fn gen_writes_a_topic_at_a_rate_the_same_as_to_a_file() {
     assert_eq!(read.len(), 20_000);
     assert!(read == expected, "the topic holds what the file holds");
 }
+
+/// The trade `kafka_tool.py produce-avro` writes as message `n`, as JSON in schema order.
+fn avro_trade(n: u64) -> String {
+    let time_ms = 1_767_225_600_000 + n * 1000;
+    format!(
+        r#"{{"e":"trade","E":{},"s":"{}","t":{n},"p":"{}.50000000","q":"0.01000000","T":{time_ms},"m":{},"M":true}}"#,
+        time_ms + 1,
+        ["BTCUSDT", "ETHUSDT", "SOLUSDT"][n as usize % 3],
+        100 + n % 1000,
+        n.is_multiple_of(2)
+    )
+}
+
+fn avro_pipeline(
+    broker: &Broker,
+    dir: &std::path::Path,
+    topic: &str,
+    avro: &str,
+) -> std::path::PathBuf {
+    support::pipeline_file(
+        dir,
+        "avro.yaml",
+        &format!(
+            "version: 1
+name: avro-test
+source:
+  kafka:
+    bootstrap_servers: {bootstrap}
+    topics: [{topic}]
+    group_id: {topic}-reader
+    format: avro
+    avro: {avro}
+    properties:
+      session.timeout.ms: \"2000\"
+      heartbeat.interval.ms: \"500\"
+sinks:
+  - name: out
+    input: source
+    jsonl: {{ path: {{out}}/out.jsonl, envelope: true }}
+  - name: dead
+    input: dlq
+    jsonl: {{ path: {{out}}/dead.jsonl, envelope: true }}
+checkpoint:
+  interval: 1s
+",
+            bootstrap = broker.bootstrap,
+        ),
+    )
+}
+
+/// Output rows' values by trade id, and dead letters' errors.
+fn avro_outcome(dir: &std::path::Path) -> (BTreeMap<u64, String>, Vec<String>) {
+    let mut values = BTreeMap::new();
+    for row in read_lines(&dir.join("out.jsonl")) {
+        let value = row["value"].as_str().unwrap().to_string();
+        let parsed: Value = serde_json::from_str(&value).unwrap();
+        assert_eq!(row["key"], parsed["s"], "key kept");
+        assert_eq!(row["timestamp_ms"], parsed["T"], "timestamp kept");
+        assert!(
+            values
+                .insert(parsed["t"].as_u64().unwrap(), value)
+                .is_none()
+        );
+    }
+    let dead = read_lines(&dir.join("dead.jsonl"))
+        .iter()
+        .map(|d| d["headers"]["weir.error"].as_str().unwrap().to_string())
+        .collect();
+    (values, dead)
+}
+
+/// Bare Avro values decode with the pipeline's `.avsc` into JSON in schema order; values that
+/// are not Avro go to the dead letters, with the reason.
+#[test]
+fn an_avro_topic_is_decoded_with_its_schema() {
+    let broker = Broker::start();
+    let schema = support::repo().join("pipelines/schemas/trade.avsc");
+    broker.tool(&["create", "avro", "2"]);
+    broker.tool(&[
+        "produce-avro",
+        "avro",
+        "5000",
+        schema.to_str().unwrap(),
+        "--poison-every",
+        "100",
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let avro = format!("{{ schema: {} }}", schema.display());
+    let run = Running::start(&avro_pipeline(&broker, dir.path(), "avro", &avro));
+    support::wait_for_lines(&dir.path().join("out.jsonl"), 4_950, 60);
+    let summary = run.stop();
+    assert!(summary.contains("dead letters: 50"), "{summary}");
+    let (values, dead) = avro_outcome(dir.path());
+    assert_eq!(values.len(), 4_950);
+    for (n, value) in &values {
+        assert_ne!(n % 100, 99, "poison {n} decoded");
+        assert_eq!(value, &avro_trade(*n), "trade {n}");
+    }
+    assert_eq!(dead.len(), 50);
+    assert!(
+        dead.iter()
+            .all(|e| e.starts_with("value is not Avro of the schema")),
+        "{dead:?}"
+    );
+}
+
+/// The Confluent wire format with a registry: the writer's schema (a newer version with an extra
+/// field) is fetched by id and values are resolved to the pipeline's reader schema; a value
+/// whose id the registry does not know goes to the dead letters.
+#[test]
+fn confluent_avro_is_resolved_from_the_registry_schema_to_the_reader_schema() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let reader = support::repo().join("pipelines/schemas/trade.avsc");
+    let mut v2: Value = serde_json::from_str(&std::fs::read_to_string(&reader).unwrap()).unwrap();
+    v2["fields"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({"name": "venue", "type": "string", "default": ""}));
+    let writer = dir.path().join("trade-v2.avsc");
+    std::fs::write(&writer, v2.to_string()).unwrap();
+    let registry = Registry::start(&[(7, &writer)]);
+    broker.tool(&["create", "framed", "1"]);
+    let w = writer.to_str().unwrap();
+    broker.tool(&["produce-avro", "framed", "1000", w, "--schema-id", "7"]);
+    broker.tool(&["produce-avro", "framed", "10", w, "--schema-id", "99"]);
+    let avro = format!(
+        "{{ schema: {}, registry_url: \"{}\" }}",
+        reader.display(),
+        registry.url
+    );
+    let run = Running::start(&avro_pipeline(&broker, dir.path(), "framed", &avro));
+    support::wait_for_lines(&dir.path().join("out.jsonl"), 1000, 60);
+    support::wait_for_lines(&dir.path().join("dead.jsonl"), 10, 30);
+    let summary = run.stop();
+    assert!(summary.contains("sink out: 1,000 records"), "{summary}");
+    let (values, dead) = avro_outcome(dir.path());
+    assert_eq!(values.len(), 1000);
+    for (n, value) in &values {
+        assert_eq!(
+            value,
+            &avro_trade(*n),
+            "trade {n}, without the writer's extra field"
+        );
+    }
+    assert_eq!(dead.len(), 10);
+    assert!(
+        dead.iter()
+            .all(|e| e.contains("schema id 99 is not in the registry")),
+        "{dead:?}"
+    );
+}
+
+/// `tests/support/schema_registry.py` serving schemas by id, stopped when dropped.
+struct Registry {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Registry {
+    fn start(schemas: &[(u32, &std::path::Path)]) -> Registry {
+        use std::io::BufRead;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut child = std::process::Command::new(support::python())
+            .arg(support::repo().join("tests/support/schema_registry.py"))
+            .arg(port.to_string())
+            .args(
+                schemas
+                    .iter()
+                    .map(|(id, path)| format!("{id}={}", path.display())),
+            )
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut ready = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut ready)
+            .unwrap();
+        assert_eq!(ready.trim(), "ready", "the schema registry did not start");
+        Registry {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        }
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

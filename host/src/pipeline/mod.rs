@@ -367,7 +367,7 @@ pub fn check(file: &Path, spec: PipelineSpec, host: &PluginHost) -> Result<Pipel
                 }
             }
         }
-        let json_source = matches!(&spec.source.value, SourceSpec::Kafka(k) if k.format == spec::ValueFormat::Json);
+        let json_source = matches!(&spec.source.value, SourceSpec::Kafka(k) if k.format.value != spec::ValueFormat::Raw);
         let may_reject = json_source
             || !stages.is_empty()
             || sinks.iter().any(|s| matches!(s.kind, SinkKind::Parquet(_)));
@@ -441,6 +441,7 @@ fn check_source(source: &Spanned<SourceSpec>, dir: &Path, problems: &mut Problem
                 crate::sources::kafka::ALLOWED_PROPERTIES,
                 problems,
             );
+            check_avro(k, dir, problems);
         }
         SourceSpec::File(f) => {
             if f.batch_size.value == 0 {
@@ -471,6 +472,47 @@ fn check_properties(
         if let Some(refused) = crate::sources::kafka::refused_property(key, allowed) {
             problems.at(&properties.referenced, refused);
         }
+    }
+}
+
+fn check_avro(k: &spec::KafkaSourceSpec, dir: &Path, problems: &mut Problems) {
+    let avro = match (&k.avro, k.format.value) {
+        (Some(avro), spec::ValueFormat::Avro) => &avro.value,
+        (None, spec::ValueFormat::Avro) => {
+            problems.at(
+                &k.format.referenced,
+                "format: avro needs an `avro:` block with a `schema` file, a `registry_url`, or both",
+            );
+            return;
+        }
+        (Some(avro), _) => {
+            problems.at(&avro.referenced, "`avro:` settings need `format: avro`");
+            &avro.value
+        }
+        (None, _) => return,
+    };
+    match &avro.schema {
+        Some(path) => {
+            if let Err(e) = crate::sources::avro::read_schema(&normalize(&dir.join(&path.value))) {
+                problems.at(&path.referenced, e);
+            }
+        }
+        None if avro.registry_url.is_none() => problems.at(
+            &k.avro.as_ref().expect("matched above").referenced,
+            "Avro values need a `schema` file, a `registry_url`, or both",
+        ),
+        None => {}
+    }
+    if let Some(url) = &avro.registry_url
+        && !(url.value.starts_with("http://") || url.value.starts_with("https://"))
+    {
+        problems.at(
+            &url.referenced,
+            format!(
+                "registry_url must be an http:// or https:// URL, not `{}`",
+                url.value
+            ),
+        );
     }
 }
 

@@ -53,7 +53,7 @@ pub enum SourceSpec {
     /// A file of JSON lines (any text lines, in fact: each line is one record's value).
     File(FileSourceSpec),
     /// Topics of a Kafka cluster, read as a member of a consumer group.
-    Kafka(KafkaSourceSpec),
+    Kafka(Box<KafkaSourceSpec>),
 }
 
 /// Where a consumer group starts reading a partition it has no committed offset for.
@@ -76,6 +76,26 @@ pub enum ValueFormat {
     Raw,
     /// Each value must be JSON; one that is not goes to the dead letters.
     Json,
+    /// Avro, decoded into JSON with the schema of the `avro:` settings; a value that does not
+    /// decode goes to the dead letters.
+    Avro,
+}
+
+/// How the Kafka source decodes Avro values.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AvroSpec {
+    /// An `.avsc` file, relative to the pipeline file: the schema values were written with, or,
+    /// with a registry, the schema they are read as (schema resolution).
+    pub schema: Option<Spanned<String>>,
+    /// A schema registry (Confluent API): values are in the Confluent wire format and their
+    /// writer schema is fetched by id from `REGISTRY/schemas/ids/ID`.
+    pub registry_url: Option<Spanned<String>>,
+    /// Values start with the Confluent header (a zero byte and a 4-byte schema id) even without
+    /// a registry; the `.avsc` is then the writer schema whatever the id. Implied by
+    /// `registry_url`.
+    #[serde(default)]
+    pub confluent_wire_format: bool,
 }
 
 /// Settings of the `kafka` source.
@@ -92,9 +112,12 @@ pub struct KafkaSourceSpec {
     /// (default) or `latest`.
     #[serde(default)]
     pub start_from: StartFrom,
-    /// `raw` (default: values as bytes) or `json` (values that are not JSON go to the dead letters).
-    #[serde(default)]
-    pub format: ValueFormat,
+    /// `raw` (default: values as bytes), `json` (values that are not JSON go to the dead
+    /// letters) or `avro` (decoded into JSON with the `avro:` settings).
+    #[serde(default = "default_value_format")]
+    pub format: Spanned<ValueFormat>,
+    /// Avro settings, with `format: avro`.
+    pub avro: Option<Spanned<AvroSpec>>,
     /// Records per batch (one partition's records).
     #[serde(default = "default_batch_size")]
     pub batch_size: Spanned<usize>,
@@ -409,6 +432,10 @@ fn default_seed() -> u64 {
 
 fn no_properties() -> Spanned<std::collections::BTreeMap<String, String>> {
     unspanned(std::collections::BTreeMap::new())
+}
+
+fn default_value_format() -> Spanned<ValueFormat> {
+    unspanned(ValueFormat::Raw)
 }
 
 fn default_true() -> bool {

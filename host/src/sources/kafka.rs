@@ -23,7 +23,10 @@ use rdkafka::{
     message::{BorrowedMessage, Headers},
 };
 
-use super::{MAX_WAIT, Next, Pulled, SharedDrain, SourceError};
+use super::{
+    MAX_WAIT, Next, Pulled, SharedDrain, SourceError,
+    avro::{AvroDecoder, DecodeError},
+};
 use crate::{
     pipeline::spec::{KafkaSourceSpec, StartFrom, ValueFormat},
     plugin::now_ms,
@@ -81,8 +84,8 @@ pub type Positions = BTreeMap<(String, i32), i64>;
 /// The batching and offset bookkeeping, shared between the polling loop and the rebalance
 /// callback (both run on the source thread; the lock is never held across a poll).
 struct State {
-    /// How values are checked.
-    format: ValueFormat,
+    /// How values are checked or decoded.
+    values: Values,
     /// Records per batch.
     batch_size: usize,
     /// Longest a partial batch waits for more records.
@@ -97,6 +100,16 @@ struct State {
     committed: Positions,
     /// Position snapshots of checkpoints whose barrier has left but that are not finished yet.
     pending: BTreeMap<u64, Positions>,
+}
+
+/// What the source does with values before handing them out.
+enum Values {
+    /// Nothing.
+    Raw,
+    /// Checks they are JSON.
+    Json,
+    /// Decodes them into JSON.
+    Avro(Box<AvroDecoder>),
 }
 
 /// The consumer's context: it runs the synchronous checkpoint when partitions are revoked.
@@ -118,15 +131,16 @@ impl ConsumerContext for Context {
         };
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         if !state.filling.is_empty() || state.handed_out != state.committed {
-            let pulled: Vec<Pulled> = std::mem::take(&mut state.filling)
+            let pulled: Result<Vec<Pulled>, SourceError> = std::mem::take(&mut state.filling)
                 .into_iter()
                 .map(|(batch, _)| state.hand_out(batch))
                 .collect();
-            let drained = self
-                .drain
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .drain(pulled, &mut |id| state.barrier(id));
+            let drained = pulled.map_err(|e| e.to_string()).and_then(|pulled| {
+                self.drain
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .drain(pulled, &mut |id| state.barrier(id))
+            });
             let committed =
                 drained.and_then(|id| state.commit(consumer, id).map_err(|e| e.to_string()));
             match committed {
@@ -163,7 +177,12 @@ fn kafka_error(e: rdkafka::error::KafkaError) -> SourceError {
 
 impl KafkaSource {
     /// Connects and subscribes. `drain` is the runtime's synchronous checkpoint, for rebalances.
-    pub fn open(spec: &KafkaSourceSpec, drain: SharedDrain) -> Result<KafkaSource, SourceError> {
+    /// A relative Avro schema path starts from `dir`.
+    pub fn open(
+        spec: &KafkaSourceSpec,
+        dir: &std::path::Path,
+        drain: SharedDrain,
+    ) -> Result<KafkaSource, SourceError> {
         let mut config = ClientConfig::new();
         config
             .set("bootstrap.servers", &spec.bootstrap_servers.value)
@@ -182,7 +201,18 @@ impl KafkaSource {
             config.set(key, value);
         }
         let state = Arc::new(Mutex::new(State {
-            format: spec.format,
+            values: match (spec.format.value, &spec.avro) {
+                (ValueFormat::Avro, Some(avro)) => {
+                    Values::Avro(Box::new(AvroDecoder::open(&avro.value, dir)?))
+                }
+                (ValueFormat::Avro, None) => {
+                    return Err(SourceError::Kafka(
+                        "format: avro without avro settings".into(),
+                    ));
+                }
+                (ValueFormat::Json, _) => Values::Json,
+                (ValueFormat::Raw, _) => Values::Raw,
+            },
             batch_size: spec.batch_size.value,
             linger: spec
                 .linger
@@ -229,7 +259,7 @@ impl KafkaSource {
                 let mut state = self.state();
                 if let Some(i) = state.due() {
                     let (batch, _) = state.filling.swap_remove(i);
-                    return Ok(Next::Pulled(Box::new(state.hand_out(batch))));
+                    return Ok(Next::Pulled(Box::new(state.hand_out(batch)?)));
                 }
                 let oldest_due = state
                     .filling
@@ -312,18 +342,19 @@ impl State {
             .map(|(i, _)| i)
     }
 
-    fn hand_out(&mut self, batch: Batch) -> Pulled {
+    fn hand_out(&mut self, batch: Batch) -> Result<Pulled, SourceError> {
         if let Some(last) = batch.records.last() {
             self.handed_out
                 .insert((batch.topic.clone(), batch.partition), last.offset + 1);
         }
-        match self.format {
-            ValueFormat::Raw => Pulled {
+        Ok(match &mut self.values {
+            Values::Raw => Pulled {
                 batch,
                 dead_letters: None,
             },
-            ValueFormat::Json => split_invalid_json(batch),
-        }
+            Values::Json => split_invalid_json(batch),
+            Values::Avro(decoder) => decode_avro(batch, decoder)?,
+        })
     }
 
     fn barrier(&mut self, id: u64) {
@@ -352,6 +383,47 @@ impl State {
         self.committed.extend(positions);
         Ok(())
     }
+}
+
+/// Decodes every value of `batch` into JSON; the ones that do not decode become dead letters.
+/// Fails (and so stops the source, with nothing committed) only when the schema registry cannot
+/// be asked.
+fn decode_avro(batch: Batch, decoder: &mut AvroDecoder) -> Result<Pulled, SourceError> {
+    let mut good = Batch::with_capacity(
+        &batch.topic,
+        batch.partition,
+        batch.len(),
+        batch.data.len() * 2,
+    );
+    let mut errors = Vec::new();
+    let mut json = Vec::new();
+    for i in 0..batch.len() {
+        json.clear();
+        match decoder.decode(batch.value(i), &mut json) {
+            Ok(()) => {
+                let record = batch.records[i];
+                good.push(
+                    batch.key(i),
+                    &json,
+                    record.timestamp_ms,
+                    record.offset,
+                    batch.headers_of(i),
+                );
+            }
+            Err(DecodeError::Record(message)) => errors.push(RecordError {
+                index: i as u32,
+                message: format!("value is not Avro of the schema: {message}"),
+            }),
+            Err(DecodeError::Registry(e)) => {
+                return Err(SourceError::Kafka(format!("schema registry: {e}")));
+            }
+        }
+    }
+    let dead_letters = (!errors.is_empty()).then(|| batch.dead_letters(&errors, "source", None));
+    Ok(Pulled {
+        batch: good,
+        dead_letters,
+    })
 }
 
 /// Moves the records whose value is not JSON into dead letters.

@@ -5,6 +5,7 @@
 //! piling records up. Blocking is legal there: a file read, a rate limit's sleep, and the
 //! synchronous checkpoint a Kafka consumer runs when the group takes partitions away.
 
+pub mod avro;
 pub mod file;
 pub mod generator;
 pub mod kafka;
@@ -152,7 +153,9 @@ impl Source {
                 &dir.join(&f.path.value),
                 f.batch_size.value,
             )?),
-            SourceSpec::Kafka(k) => Source::Kafka(Box::new(kafka::KafkaSource::open(k, drain)?)),
+            SourceSpec::Kafka(k) => {
+                Source::Kafka(Box::new(kafka::KafkaSource::open(k, dir, drain)?))
+            }
         })
     }
 
