@@ -556,3 +556,205 @@ impl Drop for Registry {
         let _ = self.child.wait();
     }
 }
+
+/// `pipelines/NAME` pointed at `broker` and writing under `dir`, with 1 s checkpoints and the
+/// group timeouts the broker needs (SERVICES.md quirk 1: a join takes half the session timeout).
+fn example(name: &str, broker: &Broker, dir: &std::path::Path) -> std::path::PathBuf {
+    let repo = support::repo();
+    let original = std::fs::read_to_string(repo.join("pipelines").join(name)).unwrap();
+    let mut text = original.clone();
+    for (from, to) in [
+        ("127.0.0.1:9092", broker.bootstrap.clone()),
+        ("../data/", format!("{}/", dir.display())),
+        ("../plugins/", format!("{}/", repo.join("plugins").display())),
+        ("schemas/", format!("{}/", repo.join("pipelines/schemas").display())),
+        ("interval: 10s", "interval: 1s".to_string()),
+        (
+            "    start_from: earliest\n",
+            "    start_from: earliest\n    properties:\n      session.timeout.ms: \"2000\"\n      heartbeat.interval.ms: \"500\"\n".to_string(),
+        ),
+    ] {
+        text = text.replace(from, &to);
+    }
+    assert!(text.contains("session.timeout.ms"), "{name} changed shape");
+    let file = dir.join(name);
+    std::fs::write(&file, text).unwrap();
+    file
+}
+
+/// Rows in the Parquet files under `dir` (0 before the first file is finished).
+fn parquet_rows(dir: &std::path::Path) -> u64 {
+    fn any_parquet(dir: &std::path::Path) -> bool {
+        std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| {
+                let path = e.path();
+                path.extension().is_some_and(|x| x == "parquet")
+                    || (path.is_dir() && any_parquet(&path))
+            })
+    }
+    if !any_parquet(dir) {
+        return 0;
+    }
+    let rows = support::duckdb(&format!(
+        "SELECT count(*) AS n FROM read_parquet('{}/**/*.parquet')",
+        dir.display()
+    ));
+    rows[0]["n"].as_u64().unwrap()
+}
+
+/// pipelines/binance-bronze.yaml keeps every message byte for byte, JSON or not, with its key,
+/// topic, partition, offset, timestamp and headers.
+#[test]
+fn the_binance_bronze_example_keeps_raw_bytes_and_metadata() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let generated = dir.path().join("generated.jsonl");
+    let generate = |out: &[&str]| {
+        let status = support::weir()
+            .args(["gen", "--count", "20000", "--seed", "5", "--quiet"])
+            .args([
+                "--start-time-ms",
+                "1767225600000",
+                "--events-per-sec",
+                "1000",
+            ])
+            .args(out)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    generate(&[
+        "--topic",
+        "binance.raw",
+        "--bootstrap-servers",
+        &broker.bootstrap,
+    ]);
+    generate(&["--out", generated.to_str().unwrap()]);
+    // Another producer's messages: with headers, and some not JSON at all.
+    broker.tool(&["produce", "binance.raw", "100", "--poison-every", "10"]);
+    let out = dir.path().join("bronze/binance_raw");
+    let run = Running::start(&example("binance-bronze.yaml", &broker, dir.path()));
+    support::wait_until(
+        90,
+        || parquet_rows(&out) >= 20_100,
+        || format!("{} rows", parquet_rows(&out)),
+    );
+    let summary = run.stop();
+    assert!(summary.contains("sink bronze: 20,100 records"), "{summary}");
+    let rows = support::duckdb(&format!(
+        "SELECT decode(raw_bytes) AS value, decode(kafka_key) AS key, kafka_topic AS topic,
+                kafka_partition AS partition, kafka_offset AS pos,
+                epoch_ms(kafka_timestamp) AS ts, kafka_headers AS headers
+         FROM read_parquet('{}/**/*.parquet') ORDER BY 4, 5",
+        out.display()
+    ));
+    assert_eq!(rows.len(), 20_100);
+    let mut expected: HashSet<String> = std::fs::read_to_string(&generated)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    let mut offsets: BTreeMap<i64, i64> = BTreeMap::new();
+    let mut foreign = 0;
+    for row in &rows {
+        let value = row["value"].as_str().unwrap();
+        assert_eq!(row["topic"], "binance.raw");
+        let partition = row["partition"].as_i64().unwrap();
+        let next = offsets.entry(partition).or_default();
+        assert_eq!(row["pos"].as_i64().unwrap(), *next, "gapless offsets");
+        *next += 1;
+        if expected.remove(value) {
+            let trade: Value = serde_json::from_str(value).unwrap();
+            assert_eq!(row["key"], trade["s"]);
+            assert_eq!(row["ts"], trade["T"]);
+            assert!(row["headers"].is_null());
+        } else {
+            let n = row["headers"].as_str().map(|h| {
+                let h: Value = serde_json::from_str(h).unwrap();
+                h["h"].as_str().unwrap()[1..].parse::<u64>().unwrap()
+            });
+            let n = n.unwrap_or_else(|| panic!("unexpected value {value}"));
+            let want = if n % 10 == 9 {
+                format!("not json {n}")
+            } else {
+                format!("{{\"n\": {n}}}")
+            };
+            assert_eq!(value, want);
+            assert_eq!(row["key"], format!("k{n}"));
+            foreign += 1;
+        }
+    }
+    assert!(
+        expected.is_empty(),
+        "{} generated trades missing",
+        expected.len()
+    );
+    assert_eq!(foreign, 100);
+}
+
+/// pipelines/lineage.yaml: Avro trades → enrich → Parquet in hour folders by trade time, each
+/// row traced to its Kafka position; values that are not Avro go to the dead letters.
+#[test]
+fn the_lineage_example_decodes_avro_enriches_and_partitions_by_hour() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let schema = support::repo().join("pipelines/schemas/trade.avsc");
+    broker.tool(&["create", "trades.avro", "2"]);
+    broker.tool(&[
+        "produce-avro",
+        "trades.avro",
+        "5000",
+        schema.to_str().unwrap(),
+        "--poison-every",
+        "100",
+    ]);
+    let out = dir.path().join("lineage/trades");
+    let dead = dir.path().join("lineage/dead-letters.jsonl");
+    let run = Running::start(&example("lineage.yaml", &broker, dir.path()));
+    support::wait_until(
+        90,
+        || support::count_lines(&dead) >= 50 && parquet_rows(&out) >= 4_950,
+        || {
+            format!(
+                "{} rows, {} dead",
+                parquet_rows(&out),
+                support::count_lines(&dead)
+            )
+        },
+    );
+    let summary = run.stop();
+    assert!(summary.contains("dead letters: 50"), "{summary}");
+    // Trade n happens at 2026-01-01T00:00:00Z + n seconds: 3600 in hour 00 and 1400 in hour
+    // 01, less every 100th (not Avro).
+    let rows = support::duckdb(&format!(
+        "SELECT year::INT AS year, month::INT AS month, day::INT AS day, hour::INT AS hour,
+                count(*) AS n, count(DISTINCT trade_id) AS ids,
+                count(*) FILTER (WHERE price <> 100 + trade_id % 1000 + 0.5
+                                    OR kafka_timestamp <> trade_time
+                                    OR kafka_topic <> 'trades.avro'
+                                    OR hour(trade_time) <> hour::INT) AS wrong,
+                min(ingestion_timestamp) > TIMESTAMP '2026-01-02' AS ingested_now
+         FROM read_parquet('{}/**/*.parquet', hive_partitioning = true)
+         GROUP BY ALL ORDER BY hour",
+        out.display()
+    ));
+    let hours: Vec<(i64, i64, i64, bool)> = rows
+        .iter()
+        .map(|r| {
+            assert_eq!(
+                (r["year"].as_i64(), r["month"].as_i64(), r["day"].as_i64()),
+                (Some(2026), Some(1), Some(1))
+            );
+            (
+                r["hour"].as_i64().unwrap(),
+                r["n"].as_i64().unwrap(),
+                r["ids"].as_i64().unwrap(),
+                r["wrong"] == 0 && r["ingested_now"] == true,
+            )
+        })
+        .collect();
+    assert_eq!(hours, vec![(0, 3564, 3564, true), (1, 1386, 1386, true)]);
+}

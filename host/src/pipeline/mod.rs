@@ -310,10 +310,10 @@ pub fn check(file: &Path, spec: PipelineSpec, host: &PluginHost) -> Result<Pipel
             );
         }
         if let SinkKind::Parquet(parquet) = &sink.kind.value {
-            if route == Some(Route::Dlq) {
+            if route == Some(Route::Dlq) && parquet.reads_json() {
                 problems.at(
                     &sink.input.referenced,
-                    "dead letters can be any bytes, and a parquet sink takes JSON objects: send `dlq` to a `jsonl` or `stdout` sink",
+                    "dead letters can be any bytes, and this parquet sink reads JSON fields: send `dlq` to a `jsonl` or `stdout` sink, or to a parquet sink whose columns are all `meta`",
                 );
             }
             check_parquet(parquet, &mut problems);
@@ -370,7 +370,9 @@ pub fn check(file: &Path, spec: PipelineSpec, host: &PluginHost) -> Result<Pipel
         let json_source = matches!(&spec.source.value, SourceSpec::Kafka(k) if k.format.value != spec::ValueFormat::Raw);
         let may_reject = json_source
             || !stages.is_empty()
-            || sinks.iter().any(|s| matches!(s.kind, SinkKind::Parquet(_)));
+            || sinks
+                .iter()
+                .any(|s| matches!(&s.kind, SinkKind::Parquet(p) if p.reads_json()));
         if may_reject && !read.contains(&Route::Dlq) {
             problems.at(
                 &spec.sinks.referenced,
@@ -534,6 +536,37 @@ fn check_parquet(parquet: &spec::ParquetSinkSpec, problems: &mut Problems) {
                 ),
             );
         }
+        match (&column.meta, &column.from) {
+            (Some(meta), Some(from)) => problems.at(
+                &from.referenced,
+                format!(
+                    "column `{}` holds `meta: {}`, so it is not read `from` a JSON field",
+                    column.name.value,
+                    meta_name(meta.value)
+                ),
+            ),
+            (Some(meta), None) if !meta.value.types().contains(&column.kind) => {
+                let types: Vec<String> = meta.value.types().iter().map(|t| type_name(*t)).collect();
+                problems.at(
+                    &meta.referenced,
+                    format!(
+                        "column `{}` is `{}`, which cannot hold `meta: {}`; use {}",
+                        column.name.value,
+                        type_name(column.kind),
+                        meta_name(meta.value),
+                        types.join(" or ")
+                    ),
+                );
+            }
+            (None, _) if column.kind == spec::ColumnType::Binary => problems.at(
+                &column.name.referenced,
+                format!(
+                    "column `{}` is `binary`, which only record metadata fills: add `meta: value` or `meta: key`",
+                    column.name.value
+                ),
+            ),
+            _ => {}
+        }
     }
     if let Some(max) = &parquet.max_file_bytes
         && max.value < 1 << 20
@@ -543,6 +576,24 @@ fn check_parquet(parquet: &spec::ParquetSinkSpec, problems: &mut Problems) {
             "max_file_bytes must be at least 1048576 (1 MiB)",
         );
     }
+}
+
+/// A column type as the pipeline file spells it.
+fn type_name(t: spec::ColumnType) -> String {
+    format!("{t:?}")
+        .chars()
+        .enumerate()
+        .flat_map(|(i, c)| {
+            let sep = (i > 0 && c.is_ascii_uppercase()).then_some('_');
+            sep.into_iter()
+                .chain(std::iter::once(c.to_ascii_lowercase()))
+        })
+        .collect()
+}
+
+/// A metadata name as the pipeline file spells it.
+fn meta_name(m: spec::Meta) -> String {
+    format!("{m:?}").to_ascii_lowercase()
 }
 
 fn start_stage(

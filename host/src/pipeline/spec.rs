@@ -282,6 +282,13 @@ pub struct ParquetSinkSpec {
     pub compression: Compression,
 }
 
+impl ParquetSinkSpec {
+    /// Whether some column is read from the JSON value, so a record can fail to fit.
+    pub fn reads_json(&self) -> bool {
+        self.schema.value.iter().any(|c| c.meta.is_none())
+    }
+}
+
 /// A Parquet column.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -293,9 +300,46 @@ pub struct ColumnSpec {
     pub kind: ColumnType,
     /// The JSON field it is read from, when that is not `name`.
     pub from: Option<Spanned<String>>,
+    /// The record's metadata it holds instead of a JSON field: the value's or key's bytes, the
+    /// topic, partition, offset, timestamp or headers.
+    pub meta: Option<Spanned<Meta>>,
     /// Whether a record may lack the field (default `true`).
     #[serde(default = "default_true")]
     pub nullable: bool,
+}
+
+/// Record metadata a Parquet column can hold instead of a JSON field.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Meta {
+    /// The value's bytes as they arrived (`binary`, or `string` if they are UTF-8).
+    Value,
+    /// The key's bytes (`binary`, or `string` if they are UTF-8); null without a key.
+    Key,
+    /// The topic (`string`).
+    Topic,
+    /// The partition (`int32` or `int64`).
+    Partition,
+    /// The offset (`int64`).
+    Offset,
+    /// The record's timestamp (`timestamp_ms`, `timestamp_us` or `int64` milliseconds).
+    Timestamp,
+    /// The headers as a JSON object of strings (`string`); null without headers.
+    Headers,
+}
+
+impl Meta {
+    /// The column types that can hold this metadata.
+    pub fn types(self) -> &'static [ColumnType] {
+        use ColumnType::*;
+        match self {
+            Meta::Value | Meta::Key => &[Binary, String],
+            Meta::Topic | Meta::Headers => &[String],
+            Meta::Partition => &[Int32, Int64],
+            Meta::Offset => &[Int64],
+            Meta::Timestamp => &[TimestampMs, TimestampUs, Int64],
+        }
+    }
 }
 
 /// Column types. JSON numbers and numeric strings both read into the number types.
@@ -320,6 +364,8 @@ pub enum ColumnType {
     TimestampUs,
     /// A calendar date (`YYYY-MM-DD`).
     Date,
+    /// Bytes: record metadata (`meta: value` or `meta: key`) only.
+    Binary,
 }
 
 /// Parquet compression codecs.

@@ -6,10 +6,17 @@
 //! complete: a reader never sees half a file. Files are finished when they reach
 //! `max_file_bytes` and at every checkpoint. A record that does not fit the schema is handed
 //! back as a rejection (for the dead-letter output) and the rest of its batch is written.
+//!
+//! Columns are read from the record's JSON value, or filled from its metadata (`meta:` — raw
+//! value and key bytes, topic, partition, offset, timestamp, headers); a sink whose columns are
+//! all metadata never parses the value, so it keeps bytes that are not JSON at all (bronze).
 
 use std::{collections::BTreeMap, path::Path, sync::Arc};
 
-use arrow_array::RecordBatch;
+use arrow_array::{
+    ArrayRef, BinaryArray, Int32Array, Int64Array, RecordBatch, StringArray,
+    TimestampMicrosecondArray, TimestampMillisecondArray,
+};
 use arrow_json::ReaderBuilder;
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use object_store::{ObjectStore, local::LocalFileSystem, path::Path as ObjectPath};
@@ -21,7 +28,7 @@ use parquet::{
 
 use super::{Rejected, SinkError};
 use crate::{
-    pipeline::spec::{ColumnType, Compression, ParquetSinkSpec},
+    pipeline::spec::{ColumnType, Compression, Meta, ParquetSinkSpec},
     record::Batch,
 };
 
@@ -45,8 +52,11 @@ pub struct ParquetSink {
     store: Arc<dyn ObjectStore>,
     /// Where it is, for messages.
     root: String,
-    /// The schema as the JSON is read (field names as in the records).
+    /// The schema as the JSON is read (field names as in the records): the columns that are not
+    /// metadata.
     read_schema: SchemaRef,
+    /// Where each written column comes from: the JSON column with this index, or metadata.
+    columns: Vec<Column>,
     /// The schema as written (column names as configured).
     write_schema: SchemaRef,
     /// Writer settings.
@@ -61,6 +71,14 @@ pub struct ParquetSink {
     max_file_bytes: u64,
     /// Files finished so far.
     pub files_written: u64,
+}
+
+/// Where a column's values come from.
+enum Column {
+    /// This column of the decoded JSON.
+    Json(usize),
+    /// The record's metadata, stored as this type.
+    Meta(Meta, ColumnType),
 }
 
 fn arrow_type(t: ColumnType) -> DataType {
@@ -78,6 +96,7 @@ fn arrow_type(t: ColumnType) -> DataType {
             DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into()))
         }
         ColumnType::Date => DataType::Date32,
+        ColumnType::Binary => DataType::Binary,
     }
 }
 
@@ -98,6 +117,7 @@ impl ParquetSink {
         let read_schema = Arc::new(Schema::new(
             columns
                 .iter()
+                .filter(|c| c.meta.is_none())
                 .map(|c| {
                     let name = c.from.as_ref().map_or(&c.name.value, |f| &f.value);
                     Field::new(name, arrow_type(c.kind), c.nullable)
@@ -126,6 +146,18 @@ impl ParquetSink {
             store: Arc::new(store),
             root: root.display().to_string(),
             read_schema,
+            columns: columns
+                .iter()
+                .scan(0, |json, c| {
+                    Some(match &c.meta {
+                        Some(meta) => Column::Meta(meta.value, c.kind),
+                        None => {
+                            *json += 1;
+                            Column::Json(*json - 1)
+                        }
+                    })
+                })
+                .collect(),
             write_schema,
             props,
             open: BTreeMap::new(),
@@ -242,8 +274,40 @@ impl ParquetSink {
     fn decode_all(
         &self,
         batch: &Batch,
-        indices: impl ExactSizeIterator<Item = usize>,
+        indices: impl ExactSizeIterator<Item = usize> + Clone,
     ) -> Result<Option<RecordBatch>, arrow_schema::ArrowError> {
+        if indices.len() == 0 {
+            return Ok(None);
+        }
+        let json = if self.read_schema.fields().is_empty() {
+            None
+        } else {
+            Some(self.decode_json(batch, indices.clone())?)
+        };
+        let arrays = self
+            .columns
+            .iter()
+            .map(|column| match column {
+                Column::Json(j) => Ok(json
+                    .as_ref()
+                    .expect("JSON columns decoded")
+                    .column(*j)
+                    .clone()),
+                Column::Meta(meta, kind) => meta_array(batch, indices.clone(), *meta, *kind),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Some(RecordBatch::try_new(
+            self.write_schema.clone(),
+            arrays,
+        )?))
+    }
+
+    /// The JSON columns of the given records.
+    fn decode_json(
+        &self,
+        batch: &Batch,
+        indices: impl ExactSizeIterator<Item = usize>,
+    ) -> Result<RecordBatch, arrow_schema::ArrowError> {
         let mut decoder = ReaderBuilder::new(self.read_schema.clone())
             .with_batch_size(indices.len().max(1))
             .build_decoder()?;
@@ -264,19 +328,93 @@ impl ParquetSink {
             decoder.decode(b"\n")?;
             count += 1;
         }
-        let Some(rows) = decoder.flush()? else {
-            return Ok(None);
-        };
+        let rows = decoder
+            .flush()?
+            .unwrap_or_else(|| RecordBatch::new_empty(self.read_schema.clone()));
         if rows.num_rows() != count {
             return Err(arrow_schema::ArrowError::JsonError(format!(
                 "expected {count} rows, read {}",
                 rows.num_rows()
             )));
         }
-        Ok(Some(RecordBatch::try_new(
-            self.write_schema.clone(),
-            rows.columns().to_vec(),
-        )?))
+        Ok(rows)
+    }
+}
+
+/// A column of record metadata for the given records (types checked when the pipeline loads).
+fn meta_array(
+    batch: &Batch,
+    indices: impl Iterator<Item = usize>,
+    meta: Meta,
+    kind: ColumnType,
+) -> Result<ArrayRef, arrow_schema::ArrowError> {
+    let records = indices.map(|i| (i, &batch.records[i]));
+    let utf8 = |bytes: Option<&[u8]>| -> Result<Option<String>, arrow_schema::ArrowError> {
+        bytes
+            .map(|b| {
+                String::from_utf8(b.to_vec()).map_err(|_| {
+                    arrow_schema::ArrowError::InvalidArgumentError(
+                        "bytes are not UTF-8 text for a string column".into(),
+                    )
+                })
+            })
+            .transpose()
+    };
+    Ok(match (meta, kind) {
+        (Meta::Value | Meta::Key, ColumnType::Binary) => Arc::new(BinaryArray::from_iter(
+            records.map(|(i, _)| bytes_of(batch, i, meta)),
+        )),
+        (Meta::Value | Meta::Key, _) => Arc::new(StringArray::from_iter(
+            records
+                .map(|(i, _)| utf8(bytes_of(batch, i, meta)))
+                .collect::<Result<Vec<_>, _>>()?,
+        )),
+        (Meta::Topic, _) => Arc::new(StringArray::from_iter_values(
+            records.map(|_| batch.topic.as_str()),
+        )),
+        (Meta::Partition, ColumnType::Int32) => Arc::new(Int32Array::from_iter_values(
+            records.map(|_| batch.partition),
+        )),
+        (Meta::Partition, _) => Arc::new(Int64Array::from_iter_values(
+            records.map(|_| i64::from(batch.partition)),
+        )),
+        (Meta::Offset, _) => Arc::new(Int64Array::from_iter_values(records.map(|(_, r)| r.offset))),
+        (Meta::Timestamp, ColumnType::TimestampMs) => Arc::new(
+            TimestampMillisecondArray::from_iter_values(records.map(|(_, r)| r.timestamp_ms))
+                .with_timezone("+00:00"),
+        ),
+        (Meta::Timestamp, ColumnType::TimestampUs) => Arc::new(
+            TimestampMicrosecondArray::from_iter_values(
+                records.map(|(_, r)| r.timestamp_ms * 1000),
+            )
+            .with_timezone("+00:00"),
+        ),
+        (Meta::Timestamp, _) => Arc::new(Int64Array::from_iter_values(
+            records.map(|(_, r)| r.timestamp_ms),
+        )),
+        (Meta::Headers, _) => Arc::new(StringArray::from_iter(records.map(|(i, _)| {
+            let headers = batch.headers_of(i);
+            (!headers.is_empty()).then(|| {
+                let object: serde_json::Map<String, serde_json::Value> = headers
+                    .iter()
+                    .map(|h| {
+                        (
+                            h.name.clone(),
+                            String::from_utf8_lossy(&h.value).into_owned().into(),
+                        )
+                    })
+                    .collect();
+                serde_json::Value::Object(object).to_string()
+            })
+        }))),
+    })
+}
+
+/// The value's or the key's bytes of record `i`.
+fn bytes_of(batch: &Batch, i: usize, meta: Meta) -> Option<&[u8]> {
+    match meta {
+        Meta::Key => batch.key(i),
+        _ => Some(batch.value(i)),
     }
 }
 
