@@ -758,3 +758,35 @@ fn the_lineage_example_decodes_avro_enriches_and_partitions_by_hour() {
         .collect();
     assert_eq!(hours, vec![(0, 3564, 3564, true), (1, 1386, 1386, true)]);
 }
+
+/// A stage slower than the broker: the source pauses its partitions instead of buffering, so
+/// the process stays far smaller than the topic, and every message still arrives exactly once.
+#[test]
+fn a_slow_stage_pauses_consumption_and_memory_stays_bounded() {
+    const MESSAGES: u64 = 60_000;
+    let broker = Broker::start();
+    broker.tool(&["create", "big", "3"]);
+    // 60,000 × 2 KB: 120 MB on the topic.
+    broker.tool(&["produce", "big", &MESSAGES.to_string(), "--pad", "2000"]);
+    let dir = tempfile::tempdir().unwrap();
+    let stages = format!(
+        "stages:\n  - name: enrich\n    plugin: {}\n    config: {{ spin_per_record: 20000 }}\n",
+        support::plugin("test-chaos").display()
+    );
+    let file = pipeline(&broker, dir.path(), "big", "slow", DLQ_TO_STDOUT, &stages);
+    let out = dir.path().join("out.jsonl");
+    let run = Running::start(&file);
+    support::wait_for_lines(&out, MESSAGES as usize, 240);
+    let peak = run.peak_rss_mib();
+    let summary = run.stop();
+    eprintln!("peak RSS {peak} MiB\n{summary}");
+    assert!(
+        summary.contains("backpressure: the source paused"),
+        "{summary}"
+    );
+    assert!(
+        peak < 100,
+        "peak RSS {peak} MiB while the topic holds 120 MB"
+    );
+    assert_exactly_once(&read_lines(&out), "big", MESSAGES);
+}

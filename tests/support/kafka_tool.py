@@ -1,8 +1,9 @@
 """Independent Kafka client for the tests (PyPI confluent-kafka, not Weir's rdkafka).
 
     kafka_tool.py BOOTSTRAP create TOPIC PARTITIONS
-    kafka_tool.py BOOTSTRAP produce TOPIC COUNT [--start N] [--poison-every K]
-        message n: key "k{n % 100}", value {"n": n}, header h = "v{n}", timestamp 1767225600000 + n;
+    kafka_tool.py BOOTSTRAP produce TOPIC COUNT [--start N] [--poison-every K] [--pad BYTES]
+        message n: key "k{n % 100}", value {"n": n} (with --pad, {"n": n, "pad": "xxx…"} of that
+        many x), header h = "v{n}", timestamp 1767225600000 + n;
         every K-th message (n % K == K - 1) has a value that is not JSON: "not json {n}"
     kafka_tool.py BOOTSTRAP produce-avro TOPIC COUNT SCHEMA.avsc [--schema-id N] [--poison-every K]
         message n: the Binance-style trade trade(n) below, Avro-encoded with SCHEMA (extra fields
@@ -29,10 +30,11 @@ def create(bootstrap, topic, partitions):
         future.result()
 
 
-def produce(bootstrap, topic, count, start=0, poison_every=0):
+def produce(bootstrap, topic, count, start=0, poison_every=0, pad=0):
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "enable.idempotence": True})
     for n in range(start, start + count):
-        value = f"not json {n}" if poison_every and n % poison_every == poison_every - 1 else json.dumps({"n": n})
+        body = {"n": n, "pad": "x" * pad} if pad else {"n": n}
+        value = f"not json {n}" if poison_every and n % poison_every == poison_every - 1 else json.dumps(body)
         while True:
             try:
                 producer.produce(topic, key=f"k{n % 100}", value=value, headers=[("h", f"v{n}".encode())],
@@ -112,7 +114,7 @@ if __name__ == "__main__":
     if command == "create":
         create(bootstrap, topic, rest[0])
     elif command == "produce":
-        args = {"start": 0, "poison_every": 0}
+        args = {"start": 0, "poison_every": 0, "pad": 0}
         count = int(rest[0])
         for flag, value in zip(rest[1::2], rest[2::2]):
             args[flag.lstrip("-").replace("-", "_")] = int(value)

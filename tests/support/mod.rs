@@ -189,6 +189,22 @@ impl Running {
         Running { child: Some(child) }
     }
 
+    /// Its peak resident memory so far, in MiB (VmHWM).
+    pub fn peak_rss_mib(&self) -> u64 {
+        let pid = self.child.as_ref().unwrap().id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let line = status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .expect("VmHWM in /proc/PID/status");
+        let kib: u64 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .unwrap();
+        kib / 1024
+    }
+
     /// Stops it with SIGINT, asserts it exited 0, and returns what it printed.
     pub fn stop(mut self) -> String {
         let child = self.child.take().unwrap();

@@ -19,6 +19,10 @@ pub struct Metrics {
     sinks: Vec<(String, AtomicU64)>,
     /// Dead letters from stages and sinks.
     dead_letters: AtomicU64,
+    /// Times the source paused because the pipeline was full (backpressure).
+    pauses: AtomicU64,
+    /// Milliseconds the source spent paused.
+    paused_ms: AtomicU64,
 }
 
 /// What a finished run did.
@@ -34,6 +38,8 @@ pub struct Summary {
     pub sinks: Vec<(String, u64, Option<String>)>,
     /// Records sent to the dead-letter output.
     pub dead_letters: u64,
+    /// Times the source paused for backpressure, and for how long in all.
+    pub paused: (u64, Duration),
 }
 
 impl Metrics {
@@ -48,7 +54,15 @@ impl Metrics {
                 .collect(),
             sinks: sinks.into_iter().map(|s| (s, AtomicU64::new(0))).collect(),
             dead_letters: AtomicU64::new(0),
+            pauses: AtomicU64::new(0),
+            paused_ms: AtomicU64::new(0),
         }
+    }
+
+    /// The source paused for `took` because the pipeline was full.
+    pub(crate) fn paused(&self, took: Duration) {
+        self.pauses.fetch_add(1, Relaxed);
+        self.paused_ms.fetch_add(took.as_millis() as u64, Relaxed);
     }
 
     pub(crate) fn source_out(&self, n: usize) {
@@ -93,6 +107,10 @@ impl Metrics {
                 })
                 .collect(),
             dead_letters: self.dead_letters.load(Relaxed),
+            paused: (
+                self.pauses.load(Relaxed),
+                Duration::from_millis(self.paused_ms.load(Relaxed)),
+            ),
         }
     }
 }
@@ -162,6 +180,15 @@ impl std::fmt::Display for Summary {
                 )?,
                 None => writeln!(f, "  sink {name}: {} records", thousands(*written))?,
             }
+        }
+        let (pauses, paused) = self.paused;
+        if pauses > 0 {
+            writeln!(
+                f,
+                "  backpressure: the source paused {} times, {:.1}s in all",
+                thousands(pauses),
+                paused.as_secs_f64()
+            )?;
         }
         write!(f, "  dead letters: {}", thousands(self.dead_letters))
     }

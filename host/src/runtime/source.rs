@@ -1,5 +1,13 @@
 //! Driving the source: its own thread, checkpoint barriers on a timer, acknowledgements from
-//! the sinks, and the synchronous checkpoint a Kafka source asks for on a rebalance.
+//! the sinks, the synchronous checkpoint a Kafka source asks for on a rebalance, and
+//! backpressure.
+//!
+//! Backpressure: a source that must not block (Kafka: its consumer has to keep polling to stay
+//! in the group) hands its batches to a queue of its own, bounded in bytes, in front of the
+//! chain's channel. When the queue holds [`PAUSE_AT_BYTES`], the source pauses its partitions
+//! and only serves the group; it resumes once the queue is down to [`RESUME_AT_BYTES`]. The gap
+//! between the two keeps the stages fed while fetching starts again, and caps what a slow stage
+//! or sink makes the process hold. Other sources block in `send` instead.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -13,6 +21,12 @@ use std::{
 use tokio::sync::mpsc;
 
 use super::{ChainMsg, Metrics, RunError};
+
+/// Bytes queued in front of the chain at which a pausable source pauses.
+pub(super) const PAUSE_AT_BYTES: usize = 16 << 20;
+
+/// Bytes queued at which a paused source resumes.
+pub(super) const RESUME_AT_BYTES: usize = 4 << 20;
 use crate::sources::{Drain, Next, Pulled, Source};
 
 /// The source's side of the pipeline: where it sends batches and barriers, and where it learns
@@ -32,6 +46,16 @@ pub(super) struct Driver {
     last: u64,
     /// Counters.
     metrics: Arc<Metrics>,
+    /// Batches handed out and not yet in the chain (pausable sources), oldest first.
+    ready: VecDeque<Pulled>,
+    /// Their size in bytes.
+    ready_bytes: usize,
+}
+
+/// What a batch holds in memory, near enough.
+fn size_of(pulled: &Pulled) -> usize {
+    let batch = |b: &crate::record::Batch| b.data.len() + b.records.len() * 48;
+    batch(&pulled.batch) + pulled.dead_letters.as_ref().map_or(0, batch)
 }
 
 /// The chain or every sink has stopped; their own errors say why.
@@ -53,7 +77,31 @@ impl Driver {
             sinks,
             last: 0,
             metrics,
+            ready: VecDeque::new(),
+            ready_bytes: 0,
         }
+    }
+
+    /// Queues a batch in front of the chain.
+    fn offer(&mut self, pulled: Pulled) {
+        self.ready_bytes += size_of(&pulled);
+        self.ready.push_back(pulled);
+    }
+
+    /// Moves queued batches into the chain: all of them, waiting for room if `wait`, else as
+    /// many as fit now.
+    fn flush(&mut self, wait: bool) -> Result<(), Stopped> {
+        while let Some(pulled) = self.ready.front() {
+            // Room for the batch and its dead letters.
+            let room = self.chain.as_ref().ok_or(Stopped)?.capacity() >= 2;
+            if !wait && !room {
+                break;
+            }
+            self.ready_bytes -= size_of(pulled);
+            let pulled = self.ready.pop_front().expect("front exists");
+            self.send_pulled(pulled)?;
+        }
+        Ok(())
     }
 
     fn send(&self, msg: ChainMsg) -> Result<(), Stopped> {
@@ -91,6 +139,8 @@ impl Driver {
     /// Starts a checkpoint: `barrier` (the source noting its position) runs just before the
     /// barrier is sent.
     fn start(&mut self, barrier: &mut dyn FnMut(u64)) -> Result<u64, Stopped> {
+        // What was handed out before the barrier goes before it.
+        self.flush(true)?;
         self.last += 1;
         barrier(self.last);
         self.send(ChainMsg::Checkpoint(self.last))?;
@@ -110,6 +160,7 @@ impl Driver {
 impl Drain for Driver {
     fn drain(&mut self, pulled: Vec<Pulled>, barrier: &mut dyn FnMut(u64)) -> Result<u64, String> {
         let stopped = |Stopped| "the pipeline stopped".to_string();
+        self.flush(true).map_err(stopped)?;
         for p in pulled {
             self.send_pulled(p).map_err(stopped)?;
         }
@@ -132,6 +183,8 @@ pub(super) fn run(
 ) -> Result<(), RunError> {
     let lock = || driver.lock().unwrap_or_else(PoisonError::into_inner);
     let mut next_checkpoint = Instant::now() + interval;
+    let pausable = source.can_pause();
+    let mut paused: Option<Instant> = None;
     let ended = loop {
         if stop.load(Ordering::Relaxed) {
             tracing::info!("stopping: finishing what is in flight");
@@ -150,11 +203,40 @@ pub(super) fn run(
                 }
             }
         }
+        if pausable {
+            let queued = {
+                let mut d = lock();
+                if d.flush(false).is_err() {
+                    return Ok(());
+                }
+                d.ready_bytes
+            };
+            match paused {
+                Some(since) if queued <= RESUME_AT_BYTES => {
+                    source.resume()?;
+                    paused = None;
+                    lock().metrics.paused(since.elapsed());
+                }
+                None if queued >= PAUSE_AT_BYTES => {
+                    source.pause()?;
+                    paused = Some(Instant::now());
+                }
+                _ => {}
+            }
+            if paused.is_some() {
+                // The driver is not locked here: a poll may run a rebalance, which drains
+                // through it.
+                source.serve()?;
+                continue;
+            }
+        }
         // The driver is not locked here: a Kafka poll may run a rebalance, which drains
         // through it.
         match source.pull()? {
             Next::Pulled(pulled) => {
-                if lock().send_pulled(*pulled).is_err() {
+                let mut d = lock();
+                d.offer(*pulled);
+                if d.flush(!pausable).is_err() {
                     return Ok(());
                 }
             }

@@ -192,6 +192,37 @@ impl Source {
         }
     }
 
+    /// Whether the source can stop fetching for a while ([`Source::pause`]) instead of blocking:
+    /// a Kafka consumer must keep polling to stay in its group and to run rebalances.
+    pub fn can_pause(&self) -> bool {
+        matches!(self, Source::Kafka(_))
+    }
+
+    /// Stops fetching (the pipeline holds as much as it may).
+    pub fn pause(&mut self) -> Result<(), SourceError> {
+        match self {
+            Source::Kafka(k) => k.pause(),
+            _ => Ok(()),
+        }
+    }
+
+    /// While paused: keeps the source alive (a Kafka consumer's group membership and rebalance
+    /// callbacks) for a few milliseconds without handing anything out.
+    pub fn serve(&mut self) -> Result<(), SourceError> {
+        match self {
+            Source::Kafka(k) => k.serve(),
+            _ => Ok(()),
+        }
+    }
+
+    /// Fetches again.
+    pub fn resume(&mut self) -> Result<(), SourceError> {
+        match self {
+            Source::Kafka(k) => k.resume(),
+            _ => Ok(()),
+        }
+    }
+
     /// Notes where the source stands as checkpoint `id`'s barrier leaves it.
     pub fn barrier(&mut self, id: u64) {
         if let Source::Kafka(k) = self {

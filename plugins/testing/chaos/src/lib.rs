@@ -6,13 +6,16 @@
 //! - `chaos:error` returns a per-record error, the well-behaved way to fail.
 //!
 //! Config: `{"outputs": ["late", …]}` declares named outputs (records never go there; it lets
-//! tests check the wiring of named outputs), `{"fail_init": true}` makes `init` refuse.
+//! tests check the wiring of named outputs), `{"fail_init": true}` makes `init` refuse,
+//! `{"spin_per_record": N}` burns N loop iterations per record (a slow stage, for backpressure
+//! tests: the clock is frozen inside a stage, so it cannot sleep).
 
 use weir_sdk::{Context, Emitter, Record, Stage};
 
 /// The stage.
 pub struct Chaos {
     outputs: Vec<String>,
+    spin_per_record: u64,
 }
 
 #[derive(serde::Deserialize)]
@@ -22,6 +25,8 @@ struct Config {
     outputs: Vec<String>,
     #[serde(default)]
     fail_init: bool,
+    #[serde(default)]
+    spin_per_record: u64,
 }
 
 impl Stage for Chaos {
@@ -33,6 +38,7 @@ impl Stage for Chaos {
         }
         Ok(Chaos {
             outputs: config.outputs,
+            spin_per_record: config.spin_per_record,
         })
     }
 
@@ -41,6 +47,10 @@ impl Stage for Chaos {
     }
 
     fn process(&mut self, _cx: &Context, record: &Record, out: &mut Emitter) -> Result<(), String> {
+        let mut n: u64 = 0;
+        for _ in 0..self.spin_per_record {
+            n = std::hint::black_box(n.wrapping_add(1));
+        }
         match record.value {
             b"chaos:loop" => {
                 let mut n: u64 = 0;
