@@ -11,11 +11,12 @@ WEIR := $(CARGO_TARGET_DIR)/release/weir
 
 .PHONY: quickstart test toolchain plugins build readers lint unit bench clean-data
 
-## Sets up what is missing, builds, and runs pipelines/quickstart.yaml on embedded defaults.
+## Sets up what is missing, builds, and runs pipelines/quickstart-kafka.yaml on embedded defaults
+## (an in-process Kafka cluster, a local folder for the Parquet files).
 quickstart: plugins build
-	$(WEIR) run pipelines/quickstart.yaml
+	$(WEIR) run pipelines/quickstart-kafka.yaml
 	@echo "Read the Parquet files with any Parquet reader, for instance DuckDB:"
-	@echo "  SELECT symbol, count(*), avg(price) FROM read_parquet('data/quickstart/trades/**/*.parquet') GROUP BY 1"
+	@echo "  SELECT symbol, count(*), avg(price) FROM read_parquet('data/quickstart-kafka/trades/**/*.parquet') GROUP BY 1"
 
 ## Sets up what is missing and runs every check: format, lints, unit and integration tests.
 test: plugins readers lint unit

@@ -164,3 +164,51 @@ fn ctrl_c_finishes_what_is_in_flight() {
     assert_eq!(counted["ids"], written);
     assert_eq!(counted["hi"], written - 1, "a prefix of the stream, no gap");
 }
+
+/// pipelines/quickstart-kafka.yaml: the same trades through an in-process Kafka cluster, read
+/// as a consumer group; the run ends by itself once it has read everything generated, and every
+/// trade is in the Parquet files once, with gapless offsets in each of the three partitions.
+#[test]
+fn the_embedded_kafka_quickstart_reads_every_trade_once() {
+    support::plugin("enrich");
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(support::repo().join("pipelines/quickstart-kafka.yaml"))
+        .unwrap()
+        .replace("../plugins/dist", "{plugins}")
+        .replace("../data/quickstart-kafka", "{out}");
+    let file = support::pipeline_file(dir.path(), "quickstart-kafka.yaml", &text);
+    let stdout = support::run_pipeline(&file);
+    assert!(stdout.contains("read 200,000 records"), "{stdout}");
+    let rows = support::duckdb(&format!(
+        "SELECT kafka_partition AS p, count(*) AS n, count(DISTINCT kafka_offset) AS offsets,
+                min(kafka_offset) AS lo, max(kafka_offset) AS hi,
+                count(DISTINCT trade_id) AS ids, min(trade_id) AS first_id, max(trade_id) AS last_id,
+                count(*) FILTER (WHERE kafka_timestamp <> trade_time
+                                    OR kafka_topic <> 'binance.trades') AS wrong
+         FROM read_parquet('{}/trades/**/*.parquet') GROUP BY ALL ORDER BY p",
+        dir.path().display()
+    ));
+    assert_eq!(rows.len(), 3, "three partitions: {rows:?}");
+    let mut total = 0;
+    for r in &rows {
+        let n = r["n"].as_i64().unwrap();
+        assert_eq!(r["offsets"], n, "{r}");
+        assert_eq!(
+            (r["lo"].as_i64(), r["hi"].as_i64()),
+            (Some(0), Some(n - 1)),
+            "gapless: {r}"
+        );
+        assert_eq!(r["ids"], n, "{r}");
+        assert_eq!(r["wrong"], 0, "{r}");
+        total += n;
+    }
+    assert_eq!(total, 200_000);
+    let ids = support::duckdb(&format!(
+        "SELECT count(DISTINCT trade_id) AS n, min(trade_id) AS lo, max(trade_id) AS hi
+         FROM read_parquet('{}/trades/**/*.parquet')",
+        dir.path().display()
+    ));
+    assert_eq!(ids[0]["n"], 200_000);
+    assert_eq!(ids[0]["lo"], 1_000_000);
+    assert_eq!(ids[0]["hi"], 1_199_999);
+}

@@ -444,6 +444,7 @@ fn check_source(source: &Spanned<SourceSpec>, dir: &Path, problems: &mut Problem
                 problems,
             );
             check_avro(k, dir, problems);
+            check_embedded(k, problems);
         }
         SourceSpec::File(f) => {
             if f.batch_size.value == 0 {
@@ -473,6 +474,39 @@ fn check_properties(
     for key in properties.value.keys() {
         if let Some(refused) = crate::sources::kafka::refused_property(key, allowed) {
             problems.at(&properties.referenced, refused);
+        }
+    }
+}
+
+fn check_embedded(k: &spec::KafkaSourceSpec, problems: &mut Problems) {
+    let embedded = k.bootstrap_servers.value == crate::sources::kafka::EMBEDDED;
+    match &k.embedded {
+        None if embedded => problems.at(
+            &k.bootstrap_servers.referenced,
+            "bootstrap_servers: embedded needs an `embedded:` block saying what to `generate` into the in-process cluster",
+        ),
+        None => {}
+        Some(block) if !embedded => problems.at(
+            &block.referenced,
+            "`embedded:` settings need `bootstrap_servers: embedded`",
+        ),
+        Some(block) => {
+            if k.topics.value.len() != 1 {
+                problems.at(
+                    &k.topics.referenced,
+                    "an embedded cluster has one topic: name exactly one",
+                );
+            }
+            let partitions = &block.value.partitions;
+            if !(1..=64).contains(&partitions.value) {
+                problems.at(&partitions.referenced, "partitions must be between 1 and 64");
+            }
+            if block.value.generate.count.is_none() && block.value.generate.rate_per_sec.is_none() {
+                problems.at(
+                    &block.referenced,
+                    "an embedded cluster holds everything in memory: give `generate` a `count` or a `rate_per_sec`",
+                );
+            }
         }
     }
 }

@@ -81,6 +81,17 @@ pub enum ValueFormat {
     Avro,
 }
 
+/// The in-process cluster of `bootstrap_servers: embedded`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddedSpec {
+    /// Partitions of the topic (default 3).
+    #[serde(default = "default_partitions")]
+    pub partitions: Spanned<i32>,
+    /// What the generator writes into the topic: the `generator` source's settings.
+    pub generate: GeneratorSpec,
+}
+
 /// How the Kafka source decodes Avro values.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -102,7 +113,8 @@ pub struct AvroSpec {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaSourceSpec {
-    /// Brokers to bootstrap from: `host:port[,host:port…]`.
+    /// Brokers to bootstrap from: `host:port[,host:port…]`, or `embedded` for an in-process
+    /// cluster filled by the generator (see `embedded`).
     pub bootstrap_servers: Spanned<String>,
     /// Topics to read.
     pub topics: Spanned<Vec<String>>,
@@ -118,6 +130,8 @@ pub struct KafkaSourceSpec {
     pub format: Spanned<ValueFormat>,
     /// Avro settings, with `format: avro`.
     pub avro: Option<Spanned<AvroSpec>>,
+    /// With `bootstrap_servers: embedded`: the in-process cluster's topic and its data.
+    pub embedded: Option<Spanned<EmbeddedSpec>>,
     /// Records per batch (one partition's records).
     #[serde(default = "default_batch_size")]
     pub batch_size: Spanned<usize>,
@@ -478,6 +492,10 @@ fn default_seed() -> u64 {
 
 fn no_properties() -> Spanned<std::collections::BTreeMap<String, String>> {
     unspanned(std::collections::BTreeMap::new())
+}
+
+fn default_partitions() -> Spanned<i32> {
+    unspanned(3)
 }
 
 fn default_value_format() -> Spanned<ValueFormat> {

@@ -26,6 +26,7 @@ use rdkafka::{
 use super::{
     MAX_WAIT, Next, Pulled, SharedDrain, SourceError,
     avro::{AvroDecoder, DecodeError},
+    embedded::EmbeddedCluster,
 };
 use crate::{
     pipeline::spec::{KafkaSourceSpec, StartFrom, ValueFormat},
@@ -77,6 +78,9 @@ pub fn refused_property(key: &str, allowed: &[&str]) -> Option<String> {
         "client property `{key}` cannot be set here; allowed: {allowed}"
     ))
 }
+
+/// The `bootstrap_servers` value that starts an in-process cluster ([`EmbeddedCluster`]).
+pub const EMBEDDED: &str = "embedded";
 
 /// Next offset to read, per (topic, partition).
 pub type Positions = BTreeMap<(String, i32), i64>;
@@ -165,10 +169,15 @@ impl ConsumerContext for Context {
 
 /// A running Kafka source.
 pub struct KafkaSource {
-    /// The consumer.
+    /// The consumer (dropped before the embedded cluster, so it can leave its group).
     consumer: BaseConsumer<Context>,
     /// Batching and offsets, shared with the rebalance callback.
     state: Arc<Mutex<State>>,
+    /// The in-process cluster, with `bootstrap_servers: embedded`.
+    embedded: Option<EmbeddedCluster>,
+    /// Records polled so far (for an embedded cluster: the source ends once it has read all
+    /// the generator wrote).
+    polled: u64,
 }
 
 fn kafka_error(e: rdkafka::error::KafkaError) -> SourceError {
@@ -183,9 +192,21 @@ impl KafkaSource {
         dir: &std::path::Path,
         drain: SharedDrain,
     ) -> Result<KafkaSource, SourceError> {
+        let embedded = match &spec.embedded {
+            Some(e) if spec.bootstrap_servers.value == EMBEDDED => {
+                let topic = spec.topics.value.first().map_or("", String::as_str);
+                Some(EmbeddedCluster::start(&e.value, topic)?)
+            }
+            _ => None,
+        };
+        let bootstrap = embedded
+            .as_ref()
+            .map_or(spec.bootstrap_servers.value.as_str(), |e| {
+                e.bootstrap.as_str()
+            });
         let mut config = ClientConfig::new();
         config
-            .set("bootstrap.servers", &spec.bootstrap_servers.value)
+            .set("bootstrap.servers", bootstrap)
             .set("group.id", &spec.group_id.value)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
@@ -200,6 +221,11 @@ impl KafkaSource {
                     StartFrom::Latest => "latest",
                 },
             );
+        if embedded.is_some() {
+            // The mock broker answers a fetch only after this wait when the reader has caught
+            // up with the generator, which it does all the time (see `embedded`).
+            config.set("fetch.wait.max.ms", "5");
+        }
         for (key, value) in &spec.properties.value {
             config.set(key, value);
         }
@@ -235,7 +261,12 @@ impl KafkaSource {
             config.create_with_context(context).map_err(kafka_error)?;
         let topics: Vec<&str> = spec.topics.value.iter().map(String::as_str).collect();
         consumer.subscribe(&topics).map_err(kafka_error)?;
-        Ok(KafkaSource { consumer, state })
+        Ok(KafkaSource {
+            consumer,
+            state,
+            embedded,
+            polled: 0,
+        })
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -257,9 +288,21 @@ impl KafkaSource {
             )));
         }
         let give_up = Instant::now() + MAX_WAIT;
+        let all_read = self
+            .embedded
+            .as_ref()
+            .and_then(EmbeddedCluster::finished)
+            .is_some_and(|produced| self.polled >= produced);
         loop {
             let wait = {
                 let mut state = self.state();
+                if all_read {
+                    // Everything the embedded generator wrote: hand out the rest, then end.
+                    return Ok(match state.filling.pop() {
+                        Some((batch, _)) => Next::Pulled(Box::new(state.hand_out(batch)?)),
+                        None => Next::End,
+                    });
+                }
                 if let Some(i) = state.due() {
                     let (batch, _) = state.filling.swap_remove(i);
                     return Ok(Next::Pulled(Box::new(state.hand_out(batch)?)));
@@ -280,7 +323,10 @@ impl KafkaSource {
             match self.consumer.poll(wait) {
                 None => continue,
                 Some(Err(e)) => return Err(kafka_error(e)),
-                Some(Ok(message)) => self.state().push(&message),
+                Some(Ok(message)) => {
+                    count(&mut self.polled, self.embedded.as_ref(), &message);
+                    self.state().push(&message);
+                }
             }
         }
     }
@@ -298,7 +344,9 @@ impl KafkaSource {
     /// assigned during the pause is paused too.
     pub fn serve(&mut self) -> Result<(), SourceError> {
         if let Some(message) = self.consumer.poll(Duration::from_millis(10)) {
-            self.state().push(&message.map_err(kafka_error)?);
+            let message = message.map_err(kafka_error)?;
+            count(&mut self.polled, self.embedded.as_ref(), &message);
+            self.state().push(&message);
         }
         self.pause()
     }
@@ -409,6 +457,14 @@ impl State {
         }
         self.committed.extend(positions);
         Ok(())
+    }
+}
+
+/// Counts a polled message (an embedded cluster's generator keeps just ahead of the count).
+fn count(polled: &mut u64, embedded: Option<&EmbeddedCluster>, message: &BorrowedMessage<'_>) {
+    *polled += 1;
+    if let Some(embedded) = embedded {
+        embedded.read(message.key(), message.payload());
     }
 }
 

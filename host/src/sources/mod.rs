@@ -6,6 +6,7 @@
 //! synchronous checkpoint a Kafka consumer runs when the group takes partitions away.
 
 pub mod avro;
+pub mod embedded;
 pub mod file;
 pub mod generator;
 pub mod kafka;
