@@ -180,7 +180,10 @@ fn main() -> ExitCode {
             match rt.block_on(runtime::run(
                 pipeline,
                 stop_signal(),
-                RunOptions { progress: !quiet },
+                RunOptions {
+                    progress: !quiet,
+                    metrics: None,
+                },
             )) {
                 Ok(summary) => {
                     println!("pipeline `{name}` finished: {summary}");

@@ -135,10 +135,13 @@ impl Router {
 }
 
 /// Options of a run.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct RunOptions {
     /// Print a progress line to standard error at most once a second.
     pub progress: bool,
+    /// Counters to update, for a caller that watches the run (made with
+    /// [`Metrics::for_pipeline`] from the same pipeline); the run makes its own otherwise.
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 /// Runs `pipeline` until its source ends or `shutdown` completes, then flushes every sink and
@@ -158,10 +161,12 @@ pub async fn run(
         checkpoint_interval,
         ..
     } = pipeline;
-    let metrics = Arc::new(Metrics::new(
-        stages.iter().map(|s| s.name.clone()).collect(),
-        sink_specs.iter().map(|s| s.name.clone()).collect(),
-    ));
+    let metrics = options.metrics.clone().unwrap_or_else(|| {
+        Arc::new(Metrics::new(
+            stages.iter().map(|s| s.name.clone()).collect(),
+            sink_specs.iter().map(|s| s.name.clone()).collect(),
+        ))
+    });
 
     // Sinks first: a sink that cannot open stops the run before anything is read.
     let mut opened = Vec::new();

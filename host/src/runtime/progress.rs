@@ -19,10 +19,10 @@ pub struct Metrics {
     sinks: Vec<(String, AtomicU64)>,
     /// Dead letters from stages and sinks.
     dead_letters: AtomicU64,
-    /// Times the source paused because the pipeline was full (backpressure).
+    /// Times the source paused its partitions because the pipeline stayed full.
     pauses: AtomicU64,
-    /// Milliseconds the source spent paused.
-    paused_ms: AtomicU64,
+    /// Milliseconds the source was held back by a full pipeline (paused or not).
+    held_back_ms: AtomicU64,
 }
 
 /// What a finished run did.
@@ -38,8 +38,9 @@ pub struct Summary {
     pub sinks: Vec<(String, u64, Option<String>)>,
     /// Records sent to the dead-letter output.
     pub dead_letters: u64,
-    /// Times the source paused for backpressure, and for how long in all.
-    pub paused: (u64, Duration),
+    /// How long the source was held back by a full pipeline, and how many times it paused its
+    /// partitions.
+    pub held_back: (Duration, u64),
 }
 
 impl Metrics {
@@ -55,14 +56,34 @@ impl Metrics {
             sinks: sinks.into_iter().map(|s| (s, AtomicU64::new(0))).collect(),
             dead_letters: AtomicU64::new(0),
             pauses: AtomicU64::new(0),
-            paused_ms: AtomicU64::new(0),
+            held_back_ms: AtomicU64::new(0),
         }
     }
 
-    /// The source paused for `took` because the pipeline was full.
-    pub(crate) fn paused(&self, took: Duration) {
-        self.pauses.fetch_add(1, Relaxed);
-        self.paused_ms.fetch_add(took.as_millis() as u64, Relaxed);
+    /// The source was held back for `took` by a full pipeline, and paused its partitions if
+    /// `paused`.
+    pub(crate) fn held_back(&self, took: Duration, paused: bool) {
+        self.pauses.fetch_add(u64::from(paused), Relaxed);
+        self.held_back_ms
+            .fetch_add(took.as_millis() as u64, Relaxed);
+    }
+
+    /// Counters for `pipeline`'s stages and sinks, all zero.
+    pub fn for_pipeline(pipeline: &crate::pipeline::Pipeline) -> Metrics {
+        Metrics::new(
+            pipeline.stages.iter().map(|s| s.name.clone()).collect(),
+            pipeline.sinks.iter().map(|s| s.name.clone()).collect(),
+        )
+    }
+
+    /// Records the source has handed out so far.
+    pub fn records_read(&self) -> u64 {
+        self.source_out.load(Relaxed)
+    }
+
+    /// Records written by the sinks so far, all sinks together.
+    pub fn records_written(&self) -> u64 {
+        self.sinks.iter().map(|(_, n)| n.load(Relaxed)).sum()
     }
 
     pub(crate) fn source_out(&self, n: usize) {
@@ -107,9 +128,9 @@ impl Metrics {
                 })
                 .collect(),
             dead_letters: self.dead_letters.load(Relaxed),
-            paused: (
+            held_back: (
+                Duration::from_millis(self.held_back_ms.load(Relaxed)),
                 self.pauses.load(Relaxed),
-                Duration::from_millis(self.paused_ms.load(Relaxed)),
             ),
         }
     }
@@ -181,13 +202,13 @@ impl std::fmt::Display for Summary {
                 None => writeln!(f, "  sink {name}: {} records", thousands(*written))?,
             }
         }
-        let (pauses, paused) = self.paused;
-        if pauses > 0 {
+        let (held_back, pauses) = self.held_back;
+        if !held_back.is_zero() {
             writeln!(
                 f,
-                "  backpressure: the source paused {} times, {:.1}s in all",
-                thousands(pauses),
-                paused.as_secs_f64()
+                "  backpressure: the source waited {:.1}s for the pipeline, pausing its partitions {} times",
+                held_back.as_secs_f64(),
+                thousands(pauses)
             )?;
         }
         write!(f, "  dead letters: {}", thousands(self.dead_letters))

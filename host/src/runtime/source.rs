@@ -2,12 +2,14 @@
 //! the sinks, the synchronous checkpoint a Kafka source asks for on a rebalance, and
 //! backpressure.
 //!
-//! Backpressure: a source that must not block (Kafka: its consumer has to keep polling to stay
-//! in the group) hands its batches to a queue of its own, bounded in bytes, in front of the
-//! chain's channel. When the queue holds [`PAUSE_AT_BYTES`], the source pauses its partitions
-//! and only serves the group; it resumes once the queue is down to [`RESUME_AT_BYTES`]. The gap
-//! between the two keeps the stages fed while fetching starts again, and caps what a slow stage
-//! or sink makes the process hold. Other sources block in `send` instead.
+//! Backpressure: a source that must not block for long (Kafka: its consumer has to keep
+//! polling to run rebalances) hands its batches to a queue of its own, bounded in bytes, in
+//! front of the chain's channel. When the queue holds [`PAUSE_AT_BYTES`], the source stops
+//! taking records: librdkafka's own bounded prefetch fills and it stops fetching, and the
+//! stream goes on at the pipeline's pace with nothing refetched. If the queue stays full for
+//! [`PAUSE_AFTER`] (a stalled stage or sink), the source pauses its partitions — librdkafka
+//! drops its prefetch, which is refetched later — and keeps polling to serve the group; it
+//! resumes once the queue is down to [`RESUME_AT_BYTES`]. Other sources block in `send`.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -22,11 +24,14 @@ use tokio::sync::mpsc;
 
 use super::{ChainMsg, Metrics, RunError};
 
-/// Bytes queued in front of the chain at which a pausable source pauses.
-pub(super) const PAUSE_AT_BYTES: usize = 16 << 20;
+/// Bytes queued in front of the chain at which a pausable source stops taking records.
+pub(super) const PAUSE_AT_BYTES: usize = 8 << 20;
+
+/// How long the queue may stay full before the source pauses its partitions.
+pub(super) const PAUSE_AFTER: Duration = Duration::from_secs(1);
 
 /// Bytes queued at which a paused source resumes.
-pub(super) const RESUME_AT_BYTES: usize = 4 << 20;
+pub(super) const RESUME_AT_BYTES: usize = 2 << 20;
 use crate::sources::{Drain, Next, Pulled, Source};
 
 /// The source's side of the pipeline: where it sends batches and barriers, and where it learns
@@ -46,16 +51,28 @@ pub(super) struct Driver {
     last: u64,
     /// Counters.
     metrics: Arc<Metrics>,
-    /// Batches handed out and not yet in the chain (pausable sources), oldest first.
-    ready: VecDeque<Pulled>,
+    /// Batches handed out and checkpoint barriers, not yet in the chain, oldest first
+    /// (pausable sources).
+    ready: VecDeque<Queued>,
     /// Their size in bytes.
     ready_bytes: usize,
 }
 
-/// What a batch holds in memory, near enough.
-fn size_of(pulled: &Pulled) -> usize {
+/// What waits in front of the chain, in order.
+enum Queued {
+    /// Records (boxed: a barrier is small).
+    Pulled(Box<Pulled>),
+    /// A checkpoint barrier: it goes after every batch handed out before it.
+    Barrier(u64),
+}
+
+/// What a queued item holds in memory, near enough.
+fn size_of(queued: &Queued) -> usize {
     let batch = |b: &crate::record::Batch| b.data.len() + b.records.len() * 48;
-    batch(&pulled.batch) + pulled.dead_letters.as_ref().map_or(0, batch)
+    match queued {
+        Queued::Pulled(p) => batch(&p.batch) + p.dead_letters.as_ref().map_or(0, batch),
+        Queued::Barrier(_) => 0,
+    }
 }
 
 /// The chain or every sink has stopped; their own errors say why.
@@ -83,23 +100,26 @@ impl Driver {
     }
 
     /// Queues a batch in front of the chain.
-    fn offer(&mut self, pulled: Pulled) {
-        self.ready_bytes += size_of(&pulled);
-        self.ready.push_back(pulled);
+    fn offer(&mut self, pulled: Box<Pulled>) {
+        let queued = Queued::Pulled(pulled);
+        self.ready_bytes += size_of(&queued);
+        self.ready.push_back(queued);
     }
 
     /// Moves queued batches into the chain: all of them, waiting for room if `wait`, else as
     /// many as fit now.
     fn flush(&mut self, wait: bool) -> Result<(), Stopped> {
-        while let Some(pulled) = self.ready.front() {
+        while let Some(queued) = self.ready.front() {
             // Room for the batch and its dead letters.
             let room = self.chain.as_ref().ok_or(Stopped)?.capacity() >= 2;
             if !wait && !room {
                 break;
             }
-            self.ready_bytes -= size_of(pulled);
-            let pulled = self.ready.pop_front().expect("front exists");
-            self.send_pulled(pulled)?;
+            self.ready_bytes -= size_of(queued);
+            match self.ready.pop_front().expect("front exists") {
+                Queued::Pulled(pulled) => self.send_pulled(*pulled)?,
+                Queued::Barrier(id) => self.send(ChainMsg::Checkpoint(id))?,
+            }
         }
         Ok(())
     }
@@ -136,14 +156,15 @@ impl Driver {
         }
     }
 
-    /// Starts a checkpoint: `barrier` (the source noting its position) runs just before the
-    /// barrier is sent.
-    fn start(&mut self, barrier: &mut dyn FnMut(u64)) -> Result<u64, Stopped> {
-        // What was handed out before the barrier goes before it.
-        self.flush(true)?;
+    /// Starts a checkpoint: `barrier` (the source noting its position) runs as the barrier
+    /// joins the queue, behind everything handed out before it. With `wait`, the queue is
+    /// flushed into the chain; without, it goes as room allows (a pausable source must not
+    /// block).
+    fn start(&mut self, barrier: &mut dyn FnMut(u64), wait: bool) -> Result<u64, Stopped> {
         self.last += 1;
         barrier(self.last);
-        self.send(ChainMsg::Checkpoint(self.last))?;
+        self.ready.push_back(Queued::Barrier(self.last));
+        self.flush(wait)?;
         Ok(self.last)
     }
 
@@ -164,7 +185,7 @@ impl Drain for Driver {
         for p in pulled {
             self.send_pulled(p).map_err(stopped)?;
         }
-        let id = self.start(barrier).map_err(stopped)?;
+        let id = self.start(barrier, true).map_err(stopped)?;
         self.wait_for(id).map_err(stopped)?;
         self.finished.retain(|f| *f != id);
         Ok(id)
@@ -184,7 +205,9 @@ pub(super) fn run(
     let lock = || driver.lock().unwrap_or_else(PoisonError::into_inner);
     let mut next_checkpoint = Instant::now() + interval;
     let pausable = source.can_pause();
-    let mut paused: Option<Instant> = None;
+    // Since when the queue has been full, and whether the source is paused.
+    let mut held_back: Option<Instant> = None;
+    let mut paused = false;
     let ended = loop {
         if stop.load(Ordering::Relaxed) {
             tracing::info!("stopping: finishing what is in flight");
@@ -198,7 +221,7 @@ pub(super) fn run(
             }
             if Instant::now() >= next_checkpoint {
                 next_checkpoint = Instant::now() + interval;
-                if d.start(&mut |id| source.barrier(id)).is_err() {
+                if d.start(&mut |id| source.barrier(id), !pausable).is_err() {
                     return Ok(());
                 }
             }
@@ -211,22 +234,31 @@ pub(super) fn run(
                 }
                 d.ready_bytes
             };
-            match paused {
-                Some(since) if queued <= RESUME_AT_BYTES => {
+            match (held_back, paused) {
+                (Some(since), true) if queued <= RESUME_AT_BYTES => {
                     source.resume()?;
-                    paused = None;
-                    lock().metrics.paused(since.elapsed());
+                    (held_back, paused) = (None, false);
+                    lock().metrics.held_back(since.elapsed(), true);
                 }
-                None if queued >= PAUSE_AT_BYTES => {
+                (Some(since), false) if queued < PAUSE_AT_BYTES => {
+                    held_back = None;
+                    lock().metrics.held_back(since.elapsed(), false);
+                }
+                (Some(since), false) if since.elapsed() >= PAUSE_AFTER => {
                     source.pause()?;
-                    paused = Some(Instant::now());
+                    paused = true;
                 }
+                (None, _) if queued >= PAUSE_AT_BYTES => held_back = Some(Instant::now()),
                 _ => {}
             }
-            if paused.is_some() {
+            if paused {
                 // The driver is not locked here: a poll may run a rebalance, which drains
                 // through it.
                 source.serve()?;
+                continue;
+            }
+            if held_back.is_some() {
+                std::thread::sleep(Duration::from_millis(1));
                 continue;
             }
         }
@@ -235,7 +267,7 @@ pub(super) fn run(
         match source.pull()? {
             Next::Pulled(pulled) => {
                 let mut d = lock();
-                d.offer(*pulled);
+                d.offer(pulled);
                 if d.flush(!pausable).is_err() {
                     return Ok(());
                 }
@@ -245,10 +277,11 @@ pub(super) fn run(
         }
     };
     let mut d = lock();
-    if ended && d.send(ChainMsg::End).is_err() {
+    // Everything queued goes before the end.
+    if d.flush(true).is_err() || (ended && d.send(ChainMsg::End).is_err()) {
         return Ok(());
     }
-    let Ok(last) = d.start(&mut |id| source.barrier(id)) else {
+    let Ok(last) = d.start(&mut |id| source.barrier(id), true) else {
         return Ok(());
     };
     d.chain = None; // the chain ends once it has passed the last barrier on

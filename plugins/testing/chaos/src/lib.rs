@@ -8,7 +8,8 @@
 //! Config: `{"outputs": ["late", …]}` declares named outputs (records never go there; it lets
 //! tests check the wiring of named outputs), `{"fail_init": true}` makes `init` refuse,
 //! `{"spin_per_record": N}` burns N loop iterations per record (a slow stage, for backpressure
-//! tests: the clock is frozen inside a stage, so it cannot sleep).
+//! tests: the clock is frozen inside a stage, so it cannot sleep), `{"stall_at_offset": O,
+//! "stall_spin": N}` burns N iterations on records at offset O (a stage that stalls once).
 
 use weir_sdk::{Context, Emitter, Record, Stage};
 
@@ -16,6 +17,8 @@ use weir_sdk::{Context, Emitter, Record, Stage};
 pub struct Chaos {
     outputs: Vec<String>,
     spin_per_record: u64,
+    stall_at_offset: Option<i64>,
+    stall_spin: u64,
 }
 
 #[derive(serde::Deserialize)]
@@ -27,6 +30,9 @@ struct Config {
     fail_init: bool,
     #[serde(default)]
     spin_per_record: u64,
+    stall_at_offset: Option<i64>,
+    #[serde(default)]
+    stall_spin: u64,
 }
 
 impl Stage for Chaos {
@@ -39,6 +45,8 @@ impl Stage for Chaos {
         Ok(Chaos {
             outputs: config.outputs,
             spin_per_record: config.spin_per_record,
+            stall_at_offset: config.stall_at_offset,
+            stall_spin: config.stall_spin,
         })
     }
 
@@ -47,9 +55,20 @@ impl Stage for Chaos {
     }
 
     fn process(&mut self, _cx: &Context, record: &Record, out: &mut Emitter) -> Result<(), String> {
-        let mut n: u64 = 0;
-        for _ in 0..self.spin_per_record {
-            n = std::hint::black_box(n.wrapping_add(1));
+        let spin = if self.stall_at_offset == Some(record.offset) {
+            self.stall_spin
+        } else {
+            self.spin_per_record
+        };
+        // Data-dependent stores into a table that is then inspected: the loop really runs.
+        let mut table = [0u64; 256];
+        let mut acc = record.offset as u64 | 1;
+        for i in 0..spin {
+            acc = acc.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(i);
+            table[(acc >> 56) as usize] ^= acc;
+        }
+        if std::hint::black_box(&table).contains(&u64::MAX) {
+            return Err("chaos spun into a full word".into());
         }
         match record.value {
             b"chaos:loop" => {
