@@ -566,3 +566,29 @@ fn split_invalid_json(batch: Batch) -> Pulled {
         dead_letters: Some(dead),
     }
 }
+
+#[cfg(test)]
+mod security_tests {
+    use rdkafka::{ClientConfig, consumer::BaseConsumer};
+
+    /// The allowed security properties work: librdkafka is built with SSL and SASL (SCRAM,
+    /// PLAIN), so a client with them is created (a build without would refuse it here).
+    #[test]
+    fn sasl_ssl_clients_can_be_created() {
+        for (protocol, mechanism) in [("SASL_SSL", "SCRAM-SHA-512"), ("SASL_PLAINTEXT", "PLAIN")] {
+            let consumer: Result<BaseConsumer, _> = ClientConfig::new()
+                .set("bootstrap.servers", "127.0.0.1:1")
+                .set("group.id", "security-test")
+                .set("security.protocol", protocol)
+                .set("sasl.mechanisms", mechanism)
+                .set("sasl.username", "weir")
+                .set("sasl.password", "secret")
+                .create();
+            assert!(
+                consumer.is_ok(),
+                "{protocol}/{mechanism}: {:?}",
+                consumer.err()
+            );
+        }
+    }
+}
