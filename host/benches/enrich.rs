@@ -15,8 +15,10 @@
 //! per-batch latency percentiles of the stage call.
 #![allow(missing_docs)]
 
+mod common;
+
+use common::{peak_rss_mib, repo};
 use std::{
-    path::PathBuf,
     process::Command,
     time::{Duration, Instant},
 };
@@ -37,13 +39,6 @@ const WARMUP: Duration = Duration::from_millis(500);
 const MEASURE: Duration = Duration::from_secs(3);
 const PIPELINE_RECORDS: u64 = 3_000_000;
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
 fn generator() -> Generator {
     let spec = GeneratorSpec {
         count: None,
@@ -56,15 +51,6 @@ fn generator() -> Generator {
         batch_size: unspanned(1024),
     };
     Generator::new(&spec, 0)
-}
-
-fn peak_rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
 /// The result line a child prints: `records_per_sec stage_records_per_sec p50_us p99_us p999_us rss_mib`.

@@ -17,8 +17,10 @@
 //! shows stalls.
 #![allow(missing_docs)]
 
+mod common;
+
+use common::{peak_rss_mib, repo};
 use std::{
-    path::PathBuf,
     process::Command,
     sync::Arc,
     time::{Duration, Instant},
@@ -41,27 +43,11 @@ use weir::{
 const TOPIC: &str = "bench.trades";
 const BLOCK: u64 = 10_000;
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
 fn records() -> u64 {
     std::env::var("WEIR_BENCH_RECORDS")
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(1_000_000)
-}
-
-fn peak_rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
 /// Times of each block of records, from the first record: rate and block-time percentiles.

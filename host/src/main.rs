@@ -162,15 +162,8 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            let rt = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("error: cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
+            let Some(rt) = runtime(tokio::runtime::Builder::new_multi_thread()) else {
+                return ExitCode::FAILURE;
             };
             let name = pipeline.name.clone();
             eprintln!(
@@ -221,15 +214,8 @@ fn generate(args: GenArgs) -> ExitCode {
         (None, Some(path)) => datagen::Output::File(path),
         (None, None) => datagen::Output::Stdout,
     };
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(rt) = runtime(tokio::runtime::Builder::new_current_thread()) else {
+        return ExitCode::FAILURE;
     };
     match rt.block_on(datagen::run(&spec, output, !args.quiet, stop_signal())) {
         Ok(summary) => {
@@ -241,6 +227,15 @@ fn generate(args: GenArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Builds a Tokio runtime, saying why on standard error if it cannot.
+fn runtime(mut builder: tokio::runtime::Builder) -> Option<tokio::runtime::Runtime> {
+    builder
+        .enable_all()
+        .build()
+        .map_err(|e| eprintln!("error: cannot start the runtime: {e}"))
+        .ok()
 }
 
 /// Completes on Ctrl-C or SIGTERM.
