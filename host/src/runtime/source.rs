@@ -23,16 +23,16 @@ use std::{
 use tokio::sync::mpsc;
 
 use super::{ChainMsg, Metrics, RunError};
+use crate::sources::{Drain, Next, Pulled, Source};
 
 /// Bytes queued in front of the chain at which a pausable source stops taking records.
-pub(super) const PAUSE_AT_BYTES: usize = 8 << 20;
+const PAUSE_AT_BYTES: usize = 8 << 20;
 
 /// How long the queue may stay full before the source pauses its partitions.
-pub(super) const PAUSE_AFTER: Duration = Duration::from_secs(1);
+const PAUSE_AFTER: Duration = Duration::from_secs(1);
 
 /// Bytes queued at which a paused source resumes.
-pub(super) const RESUME_AT_BYTES: usize = 2 << 20;
-use crate::sources::{Drain, Next, Pulled, Source};
+const RESUME_AT_BYTES: usize = 2 << 20;
 
 /// The source's side of the pipeline: where it sends batches and barriers, and where it learns
 /// that every sink has finished a checkpoint.

@@ -349,17 +349,6 @@ fn meta_array(
     kind: ColumnType,
 ) -> Result<ArrayRef, arrow_schema::ArrowError> {
     let records = indices.map(|i| (i, &batch.records[i]));
-    let utf8 = |bytes: Option<&[u8]>| -> Result<Option<String>, arrow_schema::ArrowError> {
-        bytes
-            .map(|b| {
-                String::from_utf8(b.to_vec()).map_err(|_| {
-                    arrow_schema::ArrowError::InvalidArgumentError(
-                        "bytes are not UTF-8 text for a string column".into(),
-                    )
-                })
-            })
-            .transpose()
-    };
     Ok(match (meta, kind) {
         (Meta::Value | Meta::Key, ColumnType::Binary) => Arc::new(BinaryArray::from_iter(
             records.map(|(i, _)| bytes_of(batch, i, meta)),
@@ -410,6 +399,19 @@ fn meta_array(
     })
 }
 
+/// `bytes` as text, for a string column; bytes that are not UTF-8 make the record not fit.
+fn utf8(bytes: Option<&[u8]>) -> Result<Option<&str>, arrow_schema::ArrowError> {
+    bytes
+        .map(|b| {
+            std::str::from_utf8(b).map_err(|_| {
+                arrow_schema::ArrowError::InvalidArgumentError(
+                    "bytes are not UTF-8 text for a string column".into(),
+                )
+            })
+        })
+        .transpose()
+}
+
 /// The value's or the key's bytes of record `i`.
 fn bytes_of(batch: &Batch, i: usize, meta: Meta) -> Option<&[u8]> {
     match meta {
@@ -441,7 +443,46 @@ fn group_by_hour(batch: &Batch) -> BTreeMap<String, Vec<usize>> {
 
 #[cfg(test)]
 mod tests {
+    use arrow_array::Array;
+
     use super::*;
+
+    #[test]
+    fn metadata_columns_hold_bytes_text_and_headers() {
+        let mut b = Batch::with_capacity("t", 2, 2, 0);
+        b.push(
+            Some(b"k"),
+            b"not json",
+            7,
+            40,
+            &[crate::record::header("h", b"v")],
+        );
+        b.push(None, &[0xff, 0x00], 8, 41, &[]);
+        let binary = meta_array(&b, 0..2, Meta::Value, ColumnType::Binary).unwrap();
+        let binary = binary.as_any().downcast_ref::<BinaryArray>().unwrap();
+        assert_eq!(binary.value(1), [0xff, 0x00]);
+        let keys = meta_array(&b, 0..2, Meta::Key, ColumnType::String).unwrap();
+        let keys = keys.as_any().downcast_ref::<StringArray>().unwrap();
+        assert_eq!((keys.value(0), keys.is_null(1)), ("k", true));
+        let headers = meta_array(&b, 0..2, Meta::Headers, ColumnType::String).unwrap();
+        let headers = headers.as_any().downcast_ref::<StringArray>().unwrap();
+        assert_eq!(
+            (headers.value(0), headers.is_null(1)),
+            (r#"{"h":"v"}"#, true)
+        );
+        let partition = meta_array(&b, 0..2, Meta::Partition, ColumnType::Int64).unwrap();
+        assert_eq!(
+            partition
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .unwrap()
+                .value(1),
+            2
+        );
+        // Bytes that are not UTF-8 do not fit a string column; the record is rejected.
+        assert!(meta_array(&b, 1..2, Meta::Value, ColumnType::String).is_err());
+        assert!(meta_array(&b, 0..1, Meta::Value, ColumnType::String).is_ok());
+    }
 
     #[test]
     fn records_are_grouped_by_utc_hour() {

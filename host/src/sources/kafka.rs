@@ -302,7 +302,7 @@ impl KafkaSource {
             .and_then(EmbeddedCluster::finished)
             .is_some_and(|produced| self.polled >= produced);
         loop {
-            let wait = {
+            let (wait, room) = {
                 let mut state = self.state();
                 if all_read {
                     // Everything the embedded generator wrote: hand out the rest, then end.
@@ -320,9 +320,12 @@ impl KafkaSource {
                     .iter()
                     .map(|(_, since)| *since + state.linger)
                     .min();
-                oldest_due
+                let wait = oldest_due
                     .map_or(give_up, |due| due.min(give_up))
-                    .saturating_duration_since(Instant::now())
+                    .saturating_duration_since(Instant::now());
+                // No batch is full (it would be due), and a burst never overfills one.
+                let fullest = state.filling.iter().map(|(b, _)| b.len()).max();
+                (wait, state.batch_size - fullest.unwrap_or(0))
             };
             if wait.is_zero() {
                 return Ok(Next::Idle);
@@ -334,9 +337,10 @@ impl KafkaSource {
             };
             // Whatever else is waiting, without a clock reading or a lock per message: the
             // messages borrow the consumer's buffers until they are pushed, all at once.
-            let mut burst = Vec::with_capacity(BURST);
+            let limit = room.min(BURST);
+            let mut burst = Vec::with_capacity(limit);
             burst.push(first);
-            while burst.len() < BURST {
+            while burst.len() < limit {
                 match self.consumer.poll(Duration::ZERO) {
                     Some(message) => burst.push(message.map_err(kafka_error)?),
                     None => break,
@@ -383,8 +387,7 @@ impl KafkaSource {
 
     /// Checkpoint `id` is finished by every sink: commits its positions to Kafka.
     pub fn commit(&mut self, id: u64) -> Result<(), SourceError> {
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        state.commit(&self.consumer, id)
+        self.state().commit(&self.consumer, id)
     }
 }
 
