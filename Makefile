@@ -12,11 +12,12 @@ WEIR := $(CARGO_TARGET_DIR)/release/weir
 .PHONY: quickstart test toolchain plugins build readers lint unit bench clean-data
 
 ## Sets up what is missing, builds, and runs pipelines/quickstart-kafka.yaml on embedded defaults
-## (an in-process Kafka cluster, a local folder for the Parquet files).
+## (an in-process Kafka cluster, an Iceberg table in a SQLite catalog and a local warehouse).
 quickstart: plugins build
 	$(WEIR) run pipelines/quickstart-kafka.yaml
-	@echo "Read the Parquet files with any Parquet reader, for instance DuckDB:"
-	@echo "  SELECT symbol, count(*), avg(price) FROM read_parquet('data/quickstart-kafka/trades/**/*.parquet') GROUP BY 1"
+	@echo "Read the Iceberg table with any Iceberg reader, for instance DuckDB's iceberg extension:"
+	@echo "  SET unsafe_enable_version_guessing = true;"
+	@echo "  SELECT symbol, count(*), avg(price) FROM iceberg_scan('data/quickstart-kafka/warehouse/quickstart/trades') GROUP BY 1"
 
 ## Sets up what is missing and runs every check: format, lints, unit and integration tests.
 test: plugins readers lint unit

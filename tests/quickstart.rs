@@ -166,8 +166,9 @@ fn ctrl_c_finishes_what_is_in_flight() {
 }
 
 /// pipelines/quickstart-kafka.yaml: the same trades through an in-process Kafka cluster, read
-/// as a consumer group; the run ends by itself once it has read everything generated, and every
-/// trade is in the Parquet files once, with gapless offsets in each of the three partitions.
+/// as a consumer group into an Iceberg table (SQLite catalog, local warehouse); the run ends by
+/// itself once it has read everything generated, and pyiceberg, reading the table on its own,
+/// finds every trade once, with gapless offsets in each of the three partitions.
 #[test]
 fn the_embedded_kafka_quickstart_reads_every_trade_once() {
     support::plugin("enrich");
@@ -179,36 +180,51 @@ fn the_embedded_kafka_quickstart_reads_every_trade_once() {
     let file = support::pipeline_file(dir.path(), "quickstart-kafka.yaml", &text);
     let stdout = support::run_pipeline(&file);
     assert!(stdout.contains("read 200,000 records"), "{stdout}");
-    let rows = support::duckdb(&format!(
-        "SELECT kafka_partition AS p, count(*) AS n, count(DISTINCT kafka_offset) AS offsets,
-                min(kafka_offset) AS lo, max(kafka_offset) AS hi,
-                count(DISTINCT trade_id) AS ids, min(trade_id) AS first_id, max(trade_id) AS last_id,
-                count(*) FILTER (WHERE kafka_timestamp <> trade_time
-                                    OR kafka_topic <> 'binance.trades') AS wrong
-         FROM read_parquet('{}/trades/**/*.parquet') GROUP BY ALL ORDER BY p",
-        dir.path().display()
-    ));
-    assert_eq!(rows.len(), 3, "three partitions: {rows:?}");
-    let mut total = 0;
+    assert!(
+        stdout.contains("iceberg table quickstart.trades"),
+        "{stdout}"
+    );
+    let rows: Vec<serde_json::Value> = support::iceberg_tool(
+        None,
+        &[
+            "scan",
+            "--catalog-type",
+            "sql",
+            "--uri",
+            &format!("sqlite:{}/catalog.db", dir.path().display()),
+            "--warehouse",
+            &format!("file://{}/warehouse", dir.path().display()),
+            "--table",
+            "quickstart.trades",
+            "--columns",
+            "kafka_partition,kafka_offset,trade_id,kafka_topic,kafka_timestamp,trade_time",
+        ],
+    )
+    .lines()
+    .map(|l| serde_json::from_str(l).unwrap())
+    .collect();
+    assert_eq!(rows.len(), 200_000);
+    let mut per_partition: std::collections::BTreeMap<i64, Vec<i64>> = Default::default();
+    let mut ids = std::collections::BTreeSet::new();
     for r in &rows {
-        let n = r["n"].as_i64().unwrap();
-        assert_eq!(r["offsets"], n, "{r}");
-        assert_eq!(
-            (r["lo"].as_i64(), r["hi"].as_i64()),
-            (Some(0), Some(n - 1)),
-            "gapless: {r}"
-        );
-        assert_eq!(r["ids"], n, "{r}");
-        assert_eq!(r["wrong"], 0, "{r}");
-        total += n;
+        per_partition
+            .entry(r["kafka_partition"].as_i64().unwrap())
+            .or_default()
+            .push(r["kafka_offset"].as_i64().unwrap());
+        assert!(ids.insert(r["trade_id"].as_i64().unwrap()), "{r}");
+        assert_eq!(r["kafka_topic"], "binance.trades", "{r}");
+        assert_eq!(r["kafka_timestamp"], r["trade_time"], "{r}");
     }
-    assert_eq!(total, 200_000);
-    let ids = support::duckdb(&format!(
-        "SELECT count(DISTINCT trade_id) AS n, min(trade_id) AS lo, max(trade_id) AS hi
-         FROM read_parquet('{}/trades/**/*.parquet')",
-        dir.path().display()
-    ));
-    assert_eq!(ids[0]["n"], 200_000);
-    assert_eq!(ids[0]["lo"], 1_000_000);
-    assert_eq!(ids[0]["hi"], 1_199_999);
+    assert_eq!(per_partition.len(), 3, "three partitions");
+    for (p, mut offsets) in per_partition {
+        offsets.sort_unstable();
+        let n = offsets.len() as i64;
+        assert_eq!(
+            offsets,
+            (0..n).collect::<Vec<_>>(),
+            "partition {p} is gapless"
+        );
+    }
+    assert_eq!(ids.first(), Some(&1_000_000));
+    assert_eq!(ids.last(), Some(&1_199_999));
 }

@@ -10,15 +10,20 @@
 //! - [`sources`]: built-in sources (`generator`, `file`, `kafka`).
 //! - [`plugin`]: the wasmtime embedding — compile cache, sandbox limits, trap containment.
 //! - [`record`]: record batches in the columnar layout shared with plugins.
-//! - [`sinks`]: built-in sinks (`parquet`, `jsonl`, `stdout`, `blackhole`, `kafka`).
+//! - [`sinks`]: built-in sinks (`parquet`, `iceberg`, `jsonl`, `stdout`, `blackhole`, `kafka`).
+//! - [`checkpoint`]: manifests, the checkpoint coordinator's steps, recovery.
+//! - [`storage`]: object storage locations (local folders, S3 buckets).
 //! - [`datagen`]: `weir gen`, generated data to a file or a topic.
 //!
 //! `main.rs` is a thin command line over [`pipeline::load`] and [`runtime::run`].
 
+pub mod checkpoint;
 pub mod datagen;
+pub mod faults;
 pub mod pipeline;
 pub mod plugin;
 pub mod record;
 pub mod runtime;
 pub mod sinks;
 pub mod sources;
+pub mod storage;

@@ -39,6 +39,13 @@ impl Batch {
         }
     }
 
+    /// Drops every record, keeping the buffers.
+    pub fn clear(&mut self) {
+        self.records.clear();
+        self.data.clear();
+        self.headers.clear();
+    }
+
     /// Number of records.
     pub fn len(&self) -> usize {
         self.records.len()

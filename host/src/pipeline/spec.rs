@@ -42,6 +42,30 @@ pub struct PipelineSpec {
     /// Checkpoint settings.
     #[serde(default)]
     pub checkpoint: CheckpointSpec,
+    /// How to reach `s3://` locations (checkpoint store, Parquet folders, Iceberg warehouses).
+    #[serde(default)]
+    pub object_store: ObjectStoreSpec,
+}
+
+/// How to reach S3-compatible object storage. Each setting falls back to its usual environment
+/// variable, so credentials need not be in the file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectStoreSpec {
+    /// Endpoint URL of an S3-compatible server (MinIO, SeaweedFS …); default
+    /// `$AWS_ENDPOINT_URL`, else AWS.
+    pub endpoint: Option<Spanned<String>>,
+    /// Region (default `$AWS_REGION`, `$AWS_DEFAULT_REGION`, else `us-east-1`).
+    pub region: Option<Spanned<String>>,
+    /// Path-style requests (`http://host/bucket/key`); default `true` with an `endpoint`,
+    /// `false` for AWS.
+    pub path_style: Option<Spanned<bool>>,
+    /// Allow plain HTTP (default: whether the endpoint starts with `http:`).
+    pub allow_http: Option<Spanned<bool>>,
+    /// Access key (default `$AWS_ACCESS_KEY_ID`).
+    pub access_key_id: Option<Spanned<String>>,
+    /// Secret key (default `$AWS_SECRET_ACCESS_KEY`).
+    pub secret_access_key: Option<Spanned<String>>,
 }
 
 /// The built-in sources.
@@ -262,9 +286,21 @@ pub enum SinkKind {
     Blackhole(BlackholeSinkSpec),
     /// A Kafka topic (also the way to keep dead letters in a DLQ topic).
     Kafka(KafkaSinkSpec),
+    /// An Apache Iceberg table, one snapshot per checkpoint.
+    Iceberg(Box<IcebergSinkSpec>),
 }
 
 impl SinkKind {
+    /// Whether the sink reads fields of JSON values, so a record can fail to fit (and go to the
+    /// dead letters).
+    pub fn reads_json(&self) -> bool {
+        match self {
+            SinkKind::Parquet(p) => p.reads_json(),
+            SinkKind::Iceberg(i) => i.reads_json(),
+            _ => false,
+        }
+    }
+
     /// The key that names this type in a pipeline file.
     pub fn type_name(&self) -> &'static str {
         match self {
@@ -273,17 +309,90 @@ impl SinkKind {
             SinkKind::Stdout(_) => "stdout",
             SinkKind::Blackhole(_) => "blackhole",
             SinkKind::Kafka(_) => "kafka",
+            SinkKind::Iceberg(_) => "iceberg",
         }
     }
 }
 
-const SINK_TYPES: &[&str] = &["parquet", "jsonl", "stdout", "blackhole", "kafka"];
+const SINK_TYPES: &[&str] = &[
+    "parquet",
+    "iceberg",
+    "jsonl",
+    "stdout",
+    "blackhole",
+    "kafka",
+];
+
+impl IcebergSinkSpec {
+    /// Whether some column is read from the JSON value, so a record can fail to fit.
+    pub fn reads_json(&self) -> bool {
+        self.schema.value.iter().any(|c| c.meta.is_none())
+    }
+}
+
+/// Settings of the `iceberg` sink.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IcebergSinkSpec {
+    /// The catalog that holds the table.
+    pub catalog: Spanned<CatalogSpec>,
+    /// The table, as `namespace.name` (the namespace may have several parts: `a.b.name`).
+    pub table: Spanned<String>,
+    /// Columns, as for the `parquet` sink. If the table does not exist, it is created with
+    /// these columns; if it does, each column must be one of the table's, of the same type.
+    pub schema: Spanned<Vec<ColumnSpec>>,
+    /// Partition spec of a table Weir creates: each entry `column` (identity), `day(column)`,
+    /// `hour(column)`, `month(column)` or `year(column)`.
+    #[serde(default)]
+    pub partition_by: Vec<Spanned<String>>,
+    /// A data file is finished once it holds about this many bytes (default 128 MiB), and at
+    /// every checkpoint.
+    pub target_file_bytes: Option<Spanned<u64>>,
+    /// Compression codec of data files: `zstd` (default), `snappy` or `none`.
+    #[serde(default)]
+    pub compression: Compression,
+    /// Snapshots kept: older ones are expired at commit time, with the manifest lists and
+    /// manifests only they referenced (default 100).
+    #[serde(default = "default_keep_snapshots")]
+    pub keep_snapshots: Spanned<usize>,
+}
+
+/// An Iceberg catalog.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogSpec {
+    /// `sql` (a SQLite file or a Postgres database) or `rest` (an Iceberg REST catalog).
+    #[serde(rename = "type")]
+    pub kind: CatalogKind,
+    /// `sql`: `sqlite:PATH` (relative to the pipeline file; created if missing) or
+    /// `postgres://…`. `rest`: the catalog's base URL.
+    pub uri: Spanned<String>,
+    /// Where new tables' files go: a folder relative to the pipeline file or `s3://bucket/prefix`
+    /// (required for `sql`; for `rest`, the warehouse name the server expects, if any).
+    pub warehouse: Option<Spanned<String>>,
+    /// Catalog name (default `weir`).
+    #[serde(default = "default_catalog_name")]
+    pub name: Spanned<String>,
+    /// More catalog properties (for `rest`: `token`, `credential`, `prefix` …).
+    #[serde(default = "no_properties")]
+    pub properties: Spanned<std::collections::BTreeMap<String, String>>,
+}
+
+/// Kinds of Iceberg catalog.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum CatalogKind {
+    /// Tables listed in a SQL database.
+    Sql,
+    /// An Iceberg REST catalog server.
+    Rest,
+}
 
 /// Settings of the `parquet` sink.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ParquetSinkSpec {
-    /// Folder the files go to, relative to the pipeline file.
+    /// Folder the files go to: a path relative to the pipeline file, or `s3://bucket/prefix`.
     pub path: Spanned<String>,
     /// Columns of the files. Each record's value must be a JSON object; its fields are read
     /// into these columns, and a record that does not fit goes to the dead-letter output.
@@ -441,16 +550,25 @@ pub struct BlackholeSinkSpec {}
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CheckpointSpec {
-    /// Time between checkpoints (default `10s`). At each one, sinks finish and publish the
-    /// files they are writing.
+    /// Time between checkpoints (default `5s`). At each one, sinks finish their files, a
+    /// manifest records them with the source offsets, and then the sinks commit.
     #[serde(default = "default_checkpoint_interval")]
     pub interval: Spanned<DurationSpec>,
+    /// Where manifests are kept: a folder relative to the pipeline file, or `s3://bucket/prefix`
+    /// (default `.weir`, beside the pipeline file). A restart recovers from the newest one.
+    #[serde(default = "default_checkpoint_store")]
+    pub store: Spanned<String>,
+    /// Manifests kept (default 10); older ones are deleted.
+    #[serde(default = "default_retain")]
+    pub retain: Spanned<usize>,
 }
 
 impl Default for CheckpointSpec {
     fn default() -> Self {
         CheckpointSpec {
             interval: default_checkpoint_interval(),
+            store: default_checkpoint_store(),
+            retain: default_retain(),
         }
     }
 }
@@ -511,7 +629,23 @@ fn default_batch_size() -> Spanned<usize> {
 }
 
 fn default_checkpoint_interval() -> Spanned<DurationSpec> {
-    unspanned(DurationSpec(std::time::Duration::from_secs(10)))
+    unspanned(DurationSpec(std::time::Duration::from_secs(5)))
+}
+
+fn default_checkpoint_store() -> Spanned<String> {
+    unspanned(".weir".into())
+}
+
+fn default_keep_snapshots() -> Spanned<usize> {
+    unspanned(100)
+}
+
+fn default_catalog_name() -> Spanned<String> {
+    unspanned("weir".into())
+}
+
+fn default_retain() -> Spanned<usize> {
+    unspanned(10)
 }
 
 /// A default value, which has no place in the file.
@@ -543,6 +677,7 @@ enum SinkKey {
     Stdout,
     Blackhole,
     Kafka,
+    Iceberg,
 }
 
 impl<'de> Visitor<'de> for SinkVisitor {
@@ -578,6 +713,11 @@ impl<'de> Visitor<'de> for SinkVisitor {
                 }
                 SinkKey::Kafka => {
                     spanned_kind(map.next_value::<Spanned<KafkaSinkSpec>>()?, SinkKind::Kafka)
+                }
+                SinkKey::Iceberg => {
+                    spanned_kind(map.next_value::<Spanned<IcebergSinkSpec>>()?, |s| {
+                        SinkKind::Iceberg(Box::new(s))
+                    })
                 }
                 SinkKey::Blackhole => spanned_kind(
                     map.next_value::<Spanned<Option<BlackholeSinkSpec>>>()?,

@@ -58,6 +58,9 @@ pub enum RunError {
         /// What happened.
         message: String,
     },
+    /// A checkpoint could not be stored or committed.
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
     /// A bug in Weir.
     #[error("internal error: {0}")]
     Internal(String),
@@ -73,6 +76,26 @@ enum ChainMsg {
     Checkpoint(u64),
     /// The source has ended by itself (not stopped): event time may advance to the end.
     End,
+}
+
+/// What the checkpoint coordinator hears.
+pub(crate) enum Coord {
+    /// Checkpoint `id`'s barrier has left the source, which stood at `offsets`.
+    Barrier {
+        /// The checkpoint.
+        id: u64,
+        /// The source's position.
+        offsets: Vec<crate::checkpoint::Offset>,
+    },
+    /// Sink `sink` has pre-committed checkpoint `id`.
+    PreCommitted {
+        /// The checkpoint.
+        id: u64,
+        /// The sink's index.
+        sink: usize,
+        /// What it needs committed.
+        pending: crate::checkpoint::Pending,
+    },
 }
 
 /// What flows to a sink.
@@ -158,7 +181,8 @@ pub async fn run(
         source: source_spec,
         stages,
         sinks: sink_specs,
-        checkpoint_interval,
+        checkpoint,
+        s3,
         ..
     } = pipeline;
     let metrics = options.metrics.clone().unwrap_or_else(|| {
@@ -168,17 +192,44 @@ pub async fn run(
         ))
     });
 
+    // Recovery: the newest manifest says where the last checkpoint left the source and what
+    // the sinks had to commit.
+    let manifests = crate::checkpoint::open_store(&checkpoint, &dir, &s3, &name)
+        .map_err(|e| RunError::Checkpoint(e.to_string()))?;
+    let latest = manifests
+        .latest()
+        .await
+        .map_err(|e| RunError::Checkpoint(e.to_string()))?;
+    let last_id = latest.as_ref().map_or(0, |m| m.checkpoint);
+
     // Sinks first: a sink that cannot open stops the run before anything is read.
     let mut opened = Vec::new();
+    let mut committers = Vec::new();
+    let cx = crate::sinks::OpenContext {
+        dir: &dir,
+        pipeline: &name,
+        run: &run_id,
+        epoch: last_id + 1,
+        s3: &s3,
+    };
     for spec in &sink_specs {
-        let sink = Sink::open(&spec.kind, &dir, &name, &run_id)
-            .await
-            .map_err(|error| RunError::Sink {
-                name: spec.name.clone(),
-                error,
-            })?;
+        let sink_error = |error| RunError::Sink {
+            name: spec.name.clone(),
+            error,
+        };
+        let (sink, mut committer) = Sink::open(&spec.kind, &cx).await.map_err(sink_error)?;
+        if let Some(c) = &mut committer {
+            recover(c, &name, &spec.name, latest.as_ref())
+                .await
+                .map_err(sink_error)?;
+        }
         opened.push(sink);
+        committers.push((spec.name.clone(), committer));
     }
+    let resume = latest
+        .as_ref()
+        .map(|m| m.offsets.clone())
+        .unwrap_or_default();
 
     let channels: Vec<_> = sink_specs
         .iter()
@@ -203,14 +254,23 @@ pub async fn run(
     // Only sinks that may reject records hold a way to the dead letters; a dlq sink holding one
     // would keep its own channel open forever.
     let rejects = |spec: &crate::pipeline::Sink, sink: &Sink| {
-        spec.route != Route::Dlq && matches!(sink, Sink::Parquet(_))
+        spec.route != Route::Dlq && matches!(sink, Sink::Parquet(_) | Sink::Iceberg(_))
     };
     let rejecting = sink_specs
         .iter()
         .zip(&opened)
         .filter(|(spec, sink)| rejects(spec, sink))
         .count();
-    let (ack_tx, ack_rx) = mpsc::unbounded_channel();
+    let (ack_tx, ack_rx) = mpsc::unbounded_channel::<Coord>();
+    let (committed_tx, committed_rx) = mpsc::unbounded_channel();
+    let coordinator = tokio::spawn(coordinate(
+        ack_rx,
+        committed_tx,
+        manifests,
+        committers,
+        name.clone(),
+        metrics.clone(),
+    ));
     let mut sink_tasks = Vec::new();
     for (index, ((spec, sink), (_, rx))) in sink_specs.iter().zip(opened).zip(channels).enumerate()
     {
@@ -228,7 +288,7 @@ pub async fn run(
         };
         sink_tasks.push((spec.name.clone(), tokio::spawn(sink_task(sink, rx, task))));
     }
-    drop((dlq_router, ack_tx));
+    drop(dlq_router);
 
     // The stage chain on its own thread.
     let (chain_tx, chain_rx) = mpsc::channel::<ChainMsg>(CHANNEL_BATCHES);
@@ -242,12 +302,13 @@ pub async fn run(
     // consumer's rebalance callback.
     let driver = Arc::new(Mutex::new(source::Driver::new(
         chain_tx,
-        ack_rx,
-        sink_specs.len(),
+        committed_rx,
+        ack_tx,
+        last_id,
         metrics.clone(),
     )));
     let drain: SharedDrain = driver.clone();
-    let source = Source::open(&source_spec, &dir, drain)?;
+    let source = Source::open(&source_spec, &dir, drain, &resume)?;
     let reporter = options
         .progress
         .then(|| tokio::spawn(progress::report(metrics.clone(), source.label())));
@@ -256,7 +317,7 @@ pub async fn run(
         let stop = stop.clone();
         std::thread::Builder::new()
             .name("weir-source".into())
-            .spawn(move || source::run(source, driver, checkpoint_interval, stop))
+            .spawn(move || source::run(source, driver, checkpoint.interval, stop))
             .map_err(|e| RunError::Internal(format!("cannot start the source thread: {e}")))?
     };
     let joined = tokio::task::spawn_blocking(move || source_thread.join());
@@ -280,6 +341,9 @@ pub async fn run(
         let result = task.await.map_err(|e| RunError::Internal(e.to_string()))?;
         sink_results.push((name, result));
     }
+    let coordinated = coordinator
+        .await
+        .map_err(|e| RunError::Internal(e.to_string()))?;
     if let Some(reporter) = reporter {
         reporter.abort();
     }
@@ -292,6 +356,7 @@ pub async fn run(
             Err(error) => return Err(RunError::Sink { name, error }),
         }
     }
+    coordinated?;
     chain_result?;
     source_result?;
     Ok(metrics.summary(locations))
@@ -476,8 +541,8 @@ struct SinkTask {
     upstreams: usize,
     /// Where its rejected records go, if it may reject any.
     dlq: Option<Router>,
-    /// Where it acknowledges finished checkpoints.
-    acks: mpsc::UnboundedSender<u64>,
+    /// Where its pre-commits go: the coordinator.
+    acks: mpsc::UnboundedSender<Coord>,
     /// Counters.
     metrics: Arc<Metrics>,
 }
@@ -527,18 +592,112 @@ async fn sink_task(
                     continue;
                 }
                 barriers.remove(&id);
-                sink.checkpoint().await?;
+                let pending = sink.pre_commit(id).await?;
                 if let Some(dlq) = &dlq {
                     dlq.send_checkpoint(Route::Dlq, id)
                         .await
                         .map_err(|()| SinkError::Internal("the dead-letter sink stopped".into()))?;
                 }
-                tracing::debug!(sink = name, checkpoint = id, "checkpoint done");
-                let _ = acks.send(id);
+                tracing::debug!(sink = name, checkpoint = id, "pre-committed");
+                let _ = acks.send(Coord::PreCommitted {
+                    id,
+                    sink: index,
+                    pending,
+                });
             }
         }
     }
     drop(dlq);
-    sink.checkpoint().await?;
+    sink.close().await?;
     Ok(sink.location())
+}
+
+/// Repeats the newest manifest's commit for one sink (a no-op when it is visible already), then
+/// deletes the files no checkpoint committed.
+async fn recover(
+    committer: &mut crate::sinks::Committer,
+    pipeline: &str,
+    sink: &str,
+    latest: Option<&crate::checkpoint::Manifest>,
+) -> Result<(), SinkError> {
+    if let Some(m) = latest
+        && let Some(pending) = m.sinks.get(sink)
+    {
+        committer.commit(m, pending).await?;
+    }
+    let removed = committer
+        .clean(pipeline, latest.map_or(0, |m| m.checkpoint))
+        .await?;
+    if removed > 0 {
+        tracing::info!(sink, removed, "deleted files no checkpoint committed");
+    }
+    Ok(())
+}
+
+/// The checkpoint coordinator: once a checkpoint's barrier has left the source and every sink
+/// has pre-committed it, stores its manifest, commits every sink, and tells the source
+/// (through `committed`), one checkpoint at a time, in order.
+async fn coordinate(
+    mut rx: mpsc::UnboundedReceiver<Coord>,
+    committed: mpsc::UnboundedSender<u64>,
+    manifests: crate::checkpoint::ManifestStore,
+    mut committers: Vec<(String, Option<crate::sinks::Committer>)>,
+    pipeline: String,
+    metrics: Arc<Metrics>,
+) -> Result<(), RunError> {
+    use crate::checkpoint::{Manifest, Open, totals};
+    let mut open: std::collections::BTreeMap<u64, Open> = Default::default();
+    let failed = |e: String| RunError::Checkpoint(e);
+    while let Some(msg) = rx.recv().await {
+        match msg {
+            Coord::Barrier { id, offsets } => open.entry(id).or_default().offsets = Some(offsets),
+            Coord::PreCommitted { id, sink, pending } => {
+                open.entry(id).or_default().pending.insert(sink, pending);
+            }
+        }
+        while let Some(entry) = open.first_entry() {
+            let ready =
+                entry.get().offsets.is_some() && entry.get().pending.len() == committers.len();
+            if !ready {
+                break;
+            }
+            let (id, checkpoint) = entry.remove_entry();
+            let (files, bytes) = totals(&checkpoint.pending);
+            let manifest = Manifest {
+                pipeline: pipeline.clone(),
+                checkpoint: id,
+                started_ms: checkpoint.started_ms,
+                precommit_ms: checkpoint.started.elapsed().as_millis() as u64,
+                offsets: checkpoint.offsets.unwrap_or_default(),
+                sinks: checkpoint
+                    .pending
+                    .into_iter()
+                    .filter_map(|(i, p)| Some((committers[i].0.clone(), p.commit?)))
+                    .collect(),
+                files,
+                bytes,
+            };
+            manifests
+                .write(&manifest)
+                .await
+                .map_err(|e| failed(e.to_string()))?;
+            crate::faults::reached("manifest");
+            for (name, committer) in &mut committers {
+                if let (Some(c), Some(pending)) = (committer, manifest.sinks.get(name.as_str())) {
+                    c.commit(&manifest, pending)
+                        .await
+                        .map_err(|e| failed(format!("sink `{name}`: {e}")))?;
+                    if matches!(c, crate::sinks::Committer::Iceberg(_)) {
+                        crate::faults::reached("iceberg-commit");
+                    }
+                }
+            }
+            crate::faults::reached("sinks-committed");
+            manifests.prune().await.map_err(|e| failed(e.to_string()))?;
+            metrics.checkpoint_done(checkpoint.started.elapsed(), files, bytes);
+            tracing::debug!(checkpoint = id, files, bytes, "checkpoint committed");
+            let _ = committed.send(id);
+        }
+    }
+    Ok(())
 }

@@ -23,6 +23,13 @@ pub struct Metrics {
     pauses: AtomicU64,
     /// Milliseconds the source was held back by a full pipeline (paused or not).
     held_back_ms: AtomicU64,
+    /// Checkpoints committed, their total and longest duration (barrier to commit, ms), and
+    /// the files and bytes they committed.
+    checkpoints: AtomicU64,
+    checkpoint_ms: AtomicU64,
+    checkpoint_max_ms: AtomicU64,
+    checkpoint_files: AtomicU64,
+    checkpoint_bytes: AtomicU64,
 }
 
 /// What a finished run did.
@@ -41,6 +48,12 @@ pub struct Summary {
     /// How long the source was held back by a full pipeline, and how many times it paused its
     /// partitions.
     pub held_back: (Duration, u64),
+    /// Checkpoints committed.
+    pub checkpoints: u64,
+    /// Their mean and longest duration, barrier to commit.
+    pub checkpoint_times: (Duration, Duration),
+    /// Files and bytes they committed.
+    pub committed: (u64, u64),
 }
 
 impl Metrics {
@@ -57,7 +70,22 @@ impl Metrics {
             dead_letters: AtomicU64::new(0),
             pauses: AtomicU64::new(0),
             held_back_ms: AtomicU64::new(0),
+            checkpoints: AtomicU64::new(0),
+            checkpoint_ms: AtomicU64::new(0),
+            checkpoint_max_ms: AtomicU64::new(0),
+            checkpoint_files: AtomicU64::new(0),
+            checkpoint_bytes: AtomicU64::new(0),
         }
+    }
+
+    /// A checkpoint was committed in `took`, with `files` files of `bytes` bytes.
+    pub(crate) fn checkpoint_done(&self, took: Duration, files: u64, bytes: u64) {
+        let ms = took.as_millis() as u64;
+        self.checkpoints.fetch_add(1, Relaxed);
+        self.checkpoint_ms.fetch_add(ms, Relaxed);
+        self.checkpoint_max_ms.fetch_max(ms, Relaxed);
+        self.checkpoint_files.fetch_add(files, Relaxed);
+        self.checkpoint_bytes.fetch_add(bytes, Relaxed);
     }
 
     /// The source was held back for `took` by a full pipeline, and paused its partitions if
@@ -131,6 +159,18 @@ impl Metrics {
             held_back: (
                 Duration::from_millis(self.held_back_ms.load(Relaxed)),
                 self.pauses.load(Relaxed),
+            ),
+            checkpoints: self.checkpoints.load(Relaxed),
+            checkpoint_times: {
+                let n = self.checkpoints.load(Relaxed).max(1);
+                (
+                    Duration::from_millis(self.checkpoint_ms.load(Relaxed) / n),
+                    Duration::from_millis(self.checkpoint_max_ms.load(Relaxed)),
+                )
+            },
+            committed: (
+                self.checkpoint_files.load(Relaxed),
+                self.checkpoint_bytes.load(Relaxed),
             ),
         }
     }
@@ -209,6 +249,18 @@ impl std::fmt::Display for Summary {
                 "  backpressure: the source waited {:.1}s for the pipeline, pausing its partitions {} times",
                 held_back.as_secs_f64(),
                 thousands(pauses)
+            )?;
+        }
+        if self.checkpoints > 0 {
+            let (mean, max) = self.checkpoint_times;
+            writeln!(
+                f,
+                "  checkpoints: {} committed ({} files, {:.1} MB), {} ms on average, {} ms at most",
+                thousands(self.checkpoints),
+                thousands(self.committed.0),
+                self.committed.1 as f64 / 1e6,
+                mean.as_millis(),
+                max.as_millis()
             )?;
         }
         write!(f, "  dead letters: {}", thousands(self.dead_letters))

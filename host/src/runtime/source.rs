@@ -12,7 +12,7 @@
 //! resumes once the queue is down to [`RESUME_AT_BYTES`]. Other sources block in `send`.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::VecDeque,
     sync::{
         Arc, Mutex, PoisonError,
         atomic::{AtomicBool, Ordering},
@@ -22,8 +22,11 @@ use std::{
 
 use tokio::sync::mpsc;
 
-use super::{ChainMsg, Metrics, RunError};
-use crate::sources::{Drain, Next, Pulled, Source};
+use super::{ChainMsg, Coord, Metrics, RunError};
+use crate::{
+    checkpoint::Offset,
+    sources::{Drain, Next, Pulled, Source},
+};
 
 /// Bytes queued in front of the chain at which a pausable source stops taking records.
 const PAUSE_AT_BYTES: usize = 8 << 20;
@@ -39,14 +42,13 @@ const RESUME_AT_BYTES: usize = 2 << 20;
 pub(super) struct Driver {
     /// The stage chain's input; `None` once the source has said its last word.
     chain: Option<mpsc::Sender<ChainMsg>>,
-    /// Acknowledgements: one per sink per finished checkpoint.
-    acks: mpsc::UnboundedReceiver<u64>,
-    /// Acknowledgements so far, per open checkpoint.
-    counts: HashMap<u64, usize>,
-    /// Checkpoints every sink has finished that the source has not been told about yet.
+    /// The coordinator's word that a checkpoint is committed (manifest stored, sinks
+    /// committed), once per checkpoint, in order.
+    committed: mpsc::UnboundedReceiver<u64>,
+    /// Where the source's position at each barrier goes: the coordinator.
+    coordinator: mpsc::UnboundedSender<Coord>,
+    /// Checkpoints committed that the source has not been told about yet.
     finished: VecDeque<u64>,
-    /// Sinks that acknowledge each checkpoint.
-    sinks: usize,
     /// Number of the last checkpoint started.
     last: u64,
     /// Counters.
@@ -80,19 +82,20 @@ fn size_of(queued: &Queued) -> usize {
 pub(super) struct Stopped;
 
 impl Driver {
+    /// A driver whose first checkpoint is `last + 1`.
     pub(super) fn new(
         chain: mpsc::Sender<ChainMsg>,
-        acks: mpsc::UnboundedReceiver<u64>,
-        sinks: usize,
+        committed: mpsc::UnboundedReceiver<u64>,
+        coordinator: mpsc::UnboundedSender<Coord>,
+        last: u64,
         metrics: Arc<Metrics>,
     ) -> Driver {
         Driver {
             chain: Some(chain),
-            acks,
-            counts: HashMap::new(),
+            committed,
+            coordinator,
             finished: VecDeque::new(),
-            sinks,
-            last: 0,
+            last,
             metrics,
             ready: VecDeque::new(),
             ready_bytes: 0,
@@ -141,45 +144,50 @@ impl Driver {
         self.send(ChainMsg::Batch(pulled.batch))
     }
 
-    fn count(&mut self, id: u64) {
-        let count = self.counts.entry(id).or_default();
-        *count += 1;
-        if *count == self.sinks {
-            self.counts.remove(&id);
+    fn poll_acks(&mut self) {
+        while let Ok(id) = self.committed.try_recv() {
             self.finished.push_back(id);
         }
     }
 
-    fn poll_acks(&mut self) {
-        while let Ok(id) = self.acks.try_recv() {
-            self.count(id);
-        }
-    }
-
-    /// Starts a checkpoint: `barrier` (the source noting its position) runs as the barrier
-    /// joins the queue, behind everything handed out before it. With `wait`, the queue is
-    /// flushed into the chain; without, it goes as room allows (a pausable source must not
-    /// block).
-    fn start(&mut self, barrier: &mut dyn FnMut(u64), wait: bool) -> Result<u64, Stopped> {
+    /// Starts a checkpoint: `barrier` (the source noting its position, which goes to the
+    /// coordinator) runs as the barrier joins the queue, behind everything handed out before
+    /// it. With `wait`, the queue is flushed into the chain; without, it goes as room allows
+    /// (a pausable source must not block).
+    fn start(
+        &mut self,
+        barrier: &mut dyn FnMut(u64) -> Vec<Offset>,
+        wait: bool,
+    ) -> Result<u64, Stopped> {
         self.last += 1;
-        barrier(self.last);
+        let offsets = barrier(self.last);
+        self.coordinator
+            .send(Coord::Barrier {
+                id: self.last,
+                offsets,
+            })
+            .map_err(|_| Stopped)?;
         self.ready.push_back(Queued::Barrier(self.last));
         self.flush(wait)?;
         Ok(self.last)
     }
 
-    /// Blocks until every sink has finished checkpoint `id`.
+    /// Blocks until checkpoint `id` is committed.
     fn wait_for(&mut self, id: u64) -> Result<(), Stopped> {
         while !self.finished.contains(&id) {
-            let ack = self.acks.blocking_recv().ok_or(Stopped)?;
-            self.count(ack);
+            let done = self.committed.blocking_recv().ok_or(Stopped)?;
+            self.finished.push_back(done);
         }
         Ok(())
     }
 }
 
 impl Drain for Driver {
-    fn drain(&mut self, pulled: Vec<Pulled>, barrier: &mut dyn FnMut(u64)) -> Result<u64, String> {
+    fn drain(
+        &mut self,
+        pulled: Vec<Pulled>,
+        barrier: &mut dyn FnMut(u64) -> Vec<Offset>,
+    ) -> Result<u64, String> {
         let stopped = |Stopped| "the pipeline stopped".to_string();
         self.flush(true).map_err(stopped)?;
         for p in pulled {
@@ -193,7 +201,7 @@ impl Drain for Driver {
 }
 
 /// Runs the source until it ends or `stop` is set: hands its batches to the chain, starts a
-/// checkpoint every `interval`, and tells the source about finished checkpoints. At the end, a
+/// checkpoint every `interval`, and tells the source about committed checkpoints. At the end, a
 /// last checkpoint covers everything handed out, and the thread returns once every sink has
 /// finished it, so a restart neither repeats nor skips a record.
 pub(super) fn run(

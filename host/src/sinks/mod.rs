@@ -1,14 +1,18 @@
 //! Built-in sinks: where records leave a pipeline. A closed set, matched exhaustively.
 
+pub mod iceberg;
 pub mod jsonl;
 pub mod kafka;
 pub mod parquet;
+pub mod rows;
 
 use std::path::Path;
 
 use crate::{
+    checkpoint::Pending,
     pipeline::{normalize, spec::SinkKind},
     record::Batch,
+    storage::S3Config,
 };
 
 /// Records a sink could not take: (index in the batch, reason). They go to the dead-letter
@@ -36,20 +40,98 @@ pub enum Sink {
     Blackhole,
     /// A Kafka topic.
     Kafka(Box<kafka::KafkaSink>),
+    /// An Iceberg table.
+    Iceberg(Box<iceberg::IcebergSink>),
+}
+
+/// Publishes what a sink pre-committed, once the checkpoint's manifest is stored. Commits are
+/// idempotent (tagged with the pipeline and checkpoint id), so recovery may repeat one.
+pub enum Committer {
+    /// Commit log, then final file names.
+    Parquet(parquet::ParquetCommitter),
+    /// An Iceberg snapshot.
+    Iceberg(Box<iceberg::IcebergCommitter>),
+}
+
+impl Committer {
+    /// Commits this sink's part of `manifest` (its `pending` commit), unless it is already
+    /// visible.
+    pub async fn commit(
+        &mut self,
+        manifest: &crate::checkpoint::Manifest,
+        pending: &serde_json::Value,
+    ) -> Result<(), SinkError> {
+        match self {
+            Committer::Parquet(c) => {
+                c.commit(&manifest.pipeline, manifest.checkpoint, pending)
+                    .await
+            }
+            Committer::Iceberg(c) => c.commit(manifest, pending).await,
+        }
+    }
+
+    /// Deletes the files of `pipeline` that no checkpoint up to `committed` holds (on recovery,
+    /// after the newest manifest's commit was repeated); returns how many.
+    pub async fn clean(&mut self, pipeline: &str, committed: u64) -> Result<usize, SinkError> {
+        match self {
+            Committer::Parquet(c) => c.clean(pipeline).await,
+            Committer::Iceberg(c) => c.clean(pipeline, committed).await,
+        }
+    }
+}
+
+/// What a sink needs to open.
+pub struct OpenContext<'a> {
+    /// Relative paths start here.
+    pub dir: &'a Path,
+    /// The pipeline's name.
+    pub pipeline: &'a str,
+    /// This run's id, for file names.
+    pub run: &'a str,
+    /// The checkpoint the first records belong to.
+    pub epoch: u64,
+    /// How to reach `s3://` locations.
+    pub s3: &'a S3Config,
 }
 
 impl Sink {
-    /// Opens the sink; relative paths start from `dir`; `run` names this run's files.
+    /// Opens the sink, with its committer if it commits at checkpoints.
     pub async fn open(
         kind: &SinkKind,
-        dir: &Path,
-        pipeline: &str,
-        run: &str,
-    ) -> Result<Sink, SinkError> {
+        cx: &OpenContext<'_>,
+    ) -> Result<(Sink, Option<Committer>), SinkError> {
+        let dir = cx.dir;
         Ok(match kind {
-            SinkKind::Parquet(spec) => Sink::Parquet(Box::new(parquet::ParquetSink::open(
-                spec, dir, pipeline, run,
-            )?)),
+            SinkKind::Parquet(spec) => {
+                let location =
+                    crate::storage::open(&spec.path.value, dir, cx.s3).map_err(SinkError::Io)?;
+                let committer = parquet::ParquetCommitter::new(location.clone());
+                let sink =
+                    parquet::ParquetSink::open(spec, location, cx.pipeline, cx.run, cx.epoch);
+                (
+                    Sink::Parquet(Box::new(sink)),
+                    Some(Committer::Parquet(committer)),
+                )
+            }
+            SinkKind::Iceberg(spec) => {
+                let (sink, committer) = iceberg::open(spec, cx).await?;
+                (
+                    Sink::Iceberg(Box::new(sink)),
+                    Some(Committer::Iceberg(Box::new(committer))),
+                )
+            }
+            kind => (Sink::open_plain(kind, dir).await?, None),
+        })
+    }
+
+    /// Opens a sink that does not commit.
+    async fn open_plain(kind: &SinkKind, dir: &Path) -> Result<Sink, SinkError> {
+        Ok(match kind {
+            SinkKind::Parquet(_) | SinkKind::Iceberg(_) => {
+                return Err(SinkError::Internal(
+                    "a committing sink opened as plain".into(),
+                ));
+            }
             SinkKind::Jsonl(spec) => Sink::Jsonl(
                 jsonl::JsonlSink::file(&normalize(&dir.join(&spec.path.value)), spec.envelope)
                     .await?,
@@ -67,16 +149,30 @@ impl Sink {
             Sink::Jsonl(s) => s.write(batch).await.map(|()| Vec::new()),
             Sink::Blackhole => Ok(Vec::new()),
             Sink::Kafka(s) => s.write(batch).await.map(|()| Vec::new()),
+            Sink::Iceberg(s) => s.write(batch).await,
         }
     }
 
-    /// Makes everything written so far durable and visible.
-    pub async fn checkpoint(&mut self) -> Result<(), SinkError> {
+    /// Checkpoint `id`'s barrier has arrived: finishes what was written before it, durably but
+    /// not visibly when the sink commits (its committer publishes it once the manifest is
+    /// stored), or flushes it when the sink does not.
+    pub async fn pre_commit(&mut self, id: u64) -> Result<Pending, SinkError> {
         match self {
-            Sink::Parquet(s) => s.checkpoint().await,
+            Sink::Parquet(s) => s.pre_commit(id).await,
+            Sink::Iceberg(s) => s.pre_commit(id).await,
+            Sink::Jsonl(s) => s.flush().await.map(|()| Pending::default()),
+            Sink::Blackhole => Ok(Pending::default()),
+            Sink::Kafka(s) => s.flush().await.map(|()| Pending::default()),
+        }
+    }
+
+    /// The input has ended after the last checkpoint: flushes what does not commit. (Files of a
+    /// committing sink opened after the last barrier hold nothing; they are left to recovery.)
+    pub async fn close(&mut self) -> Result<(), SinkError> {
+        match self {
             Sink::Jsonl(s) => s.flush().await,
-            Sink::Blackhole => Ok(()),
             Sink::Kafka(s) => s.flush().await,
+            Sink::Parquet(_) | Sink::Iceberg(_) | Sink::Blackhole => Ok(()),
         }
     }
 
@@ -87,6 +183,7 @@ impl Sink {
             Sink::Jsonl(s) => s.path().map(str::to_string),
             Sink::Blackhole => None,
             Sink::Kafka(s) => Some(format!("kafka topic {}", s.topic())),
+            Sink::Iceberg(s) => Some(s.location()),
         }
     }
 }

@@ -1,35 +1,34 @@
-//! The `parquet` sink: JSON records into Parquet files under Hive-style
-//! `year=YYYY/month=MM/day=DD/hour=HH/` folders (UTC, by each record's event time), through
-//! `object_store`.
+//! The `parquet` sink: records into Parquet files under Hive-style
+//! `year=YYYY/month=MM/day=DD/hour=HH/` folders (UTC, by each record's event time), in a local
+//! folder or an S3 bucket, committed once per checkpoint.
 //!
-//! A file is written as a multipart upload, so it appears under its final name only once it is
-//! complete: a reader never sees half a file. Files are finished when they reach
-//! `max_file_bytes` and at every checkpoint. A record that does not fit the schema is handed
-//! back as a rejection (for the dead-letter output) and the rest of its batch is written.
+//! Files are written under in-progress names (`_in-progress/…`, a folder readers skip) and are
+//! finished when they reach `max_file_bytes` and at every checkpoint (*pre-commit*). The commit
+//! of checkpoint N first writes the **commit log** `commit-log/chk-N/files.json` (which file
+//! becomes which final name), then moves each file to its final name. Both steps can be
+//! repeated: a file already under its final name is not moved again, so recovery can re-run a
+//! commit that a crash interrupted. In-progress files no manifest names are deleted on
+//! recovery.
 //!
-//! Columns are read from the record's JSON value, or filled from its metadata (`meta:` — raw
-//! value and key bytes, topic, partition, offset, timestamp, headers); a sink whose columns are
-//! all metadata never parses the value, so it keeps bytes that are not JSON at all (bronze).
+//! A record that does not fit the schema is handed back as a rejection (for the dead-letter
+//! output) and the rest of its batch is written.
 
-use std::{collections::BTreeMap, path::Path, sync::Arc};
+use std::collections::BTreeMap;
 
-use arrow_array::{
-    ArrayRef, BinaryArray, Int32Array, Int64Array, RecordBatch, StringArray,
-    TimestampMicrosecondArray, TimestampMillisecondArray,
-};
-use arrow_json::ReaderBuilder;
-use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use object_store::{ObjectStore, local::LocalFileSystem, path::Path as ObjectPath};
+use object_store::{ObjectStoreExt, PutPayload, path::Path as ObjectPath};
 use parquet::{
     arrow::{AsyncArrowWriter, async_writer::ParquetObjectWriter},
     basic::{Compression as Codec, ZstdLevel},
     file::properties::WriterProperties,
 };
+use serde::{Deserialize, Serialize};
 
-use super::{Rejected, SinkError};
+use super::{Rejected, SinkError, rows::RowEncoder};
 use crate::{
-    pipeline::spec::{ColumnType, Compression, Meta, ParquetSinkSpec},
+    checkpoint::Pending,
+    pipeline::spec::{Compression, ParquetSinkSpec},
     record::Batch,
+    storage::Location,
 };
 
 /// Rows per row group: bounds the memory a file in progress holds.
@@ -38,98 +37,73 @@ const ROW_GROUP_ROWS: usize = 128 * 1024;
 /// Default size at which a file is finished.
 const DEFAULT_MAX_FILE_BYTES: u64 = 128 << 20;
 
+/// Where files wait for their commit.
+const IN_PROGRESS: &str = "_in-progress";
+
 /// A Parquet file being written.
 struct OpenFile {
-    /// Its path in the store.
-    path: ObjectPath,
+    /// Its in-progress and final paths.
+    file: FileEntry,
     /// The writer, uploading as it goes.
     writer: AsyncArrowWriter<ParquetObjectWriter>,
 }
 
+/// A finished file of a checkpoint: what its commit does.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FileEntry {
+    /// Path while it waits for the commit, relative to the sink's folder.
+    pub in_progress: String,
+    /// Path once committed.
+    pub path: String,
+    /// Rows.
+    pub rows: u64,
+    /// Bytes.
+    pub bytes: u64,
+}
+
+/// A checkpoint's pending commit, as the manifest and the commit log hold it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ParquetCommit {
+    /// The files.
+    pub files: Vec<FileEntry>,
+}
+
 /// The sink.
 pub struct ParquetSink {
-    /// The folder, as an object store.
-    store: Arc<dyn ObjectStore>,
-    /// Where it is, for messages.
-    root: String,
-    /// The schema as the JSON is read (field names as in the records): the columns that are not
-    /// metadata.
-    read_schema: SchemaRef,
-    /// Where each written column comes from: the JSON column with this index, or metadata.
-    columns: Vec<Column>,
-    /// The schema as written (column names as configured).
-    write_schema: SchemaRef,
+    /// The folder.
+    location: Location,
+    /// Records to rows.
+    rows: RowEncoder,
     /// Writer settings.
     props: WriterProperties,
     /// Files being written, by partition folder.
     open: BTreeMap<String, OpenFile>,
-    /// Start of file names: pipeline name and run start, so runs never collide.
-    prefix: String,
+    /// Files finished since the last checkpoint.
+    finished: Vec<FileEntry>,
+    /// Start of file names: the pipeline's name, so a folder can be shared.
+    pipeline: String,
+    /// This run, in file names, so runs never collide.
+    run: String,
+    /// The checkpoint the files being written belong to.
+    epoch: u64,
     /// Number of the next file.
     next_file: u64,
     /// Size at which a file is finished.
     max_file_bytes: u64,
-    /// Files finished so far.
+    /// Files committed so far.
     pub files_written: u64,
 }
 
-/// Where a column's values come from.
-enum Column {
-    /// This column of the decoded JSON.
-    Json(usize),
-    /// The record's metadata, stored as this type.
-    Meta(Meta, ColumnType),
-}
-
-fn arrow_type(t: ColumnType) -> DataType {
-    match t {
-        ColumnType::String => DataType::Utf8,
-        ColumnType::Int32 => DataType::Int32,
-        ColumnType::Int64 => DataType::Int64,
-        ColumnType::Float32 => DataType::Float32,
-        ColumnType::Float64 => DataType::Float64,
-        ColumnType::Boolean => DataType::Boolean,
-        ColumnType::TimestampMs => {
-            DataType::Timestamp(TimeUnit::Millisecond, Some("+00:00".into()))
-        }
-        ColumnType::TimestampUs => {
-            DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into()))
-        }
-        ColumnType::Date => DataType::Date32,
-        ColumnType::Binary => DataType::Binary,
-    }
-}
-
 impl ParquetSink {
-    /// Opens the sink; `dir` is the folder of the pipeline file, `run` names this run's files.
+    /// Opens the sink at `location`; `run` names this run's files, `epoch` is the checkpoint
+    /// the first files belong to.
     pub fn open(
         spec: &ParquetSinkSpec,
-        dir: &Path,
+        location: Location,
         pipeline: &str,
         run: &str,
-    ) -> Result<ParquetSink, SinkError> {
-        let root = crate::pipeline::normalize(&dir.join(&spec.path.value));
-        std::fs::create_dir_all(&root)
-            .map_err(|e| SinkError::Io(format!("cannot create {}: {e}", root.display())))?;
-        let store = LocalFileSystem::new_with_prefix(&root)
-            .map_err(|e| SinkError::Io(format!("cannot open {}: {e}", root.display())))?;
-        let columns = &spec.schema.value;
-        let read_schema = Arc::new(Schema::new(
-            columns
-                .iter()
-                .filter(|c| c.meta.is_none())
-                .map(|c| {
-                    let name = c.from.as_ref().map_or(&c.name.value, |f| &f.value);
-                    Field::new(name, arrow_type(c.kind), c.nullable)
-                })
-                .collect::<Vec<_>>(),
-        ));
-        let write_schema = Arc::new(Schema::new(
-            columns
-                .iter()
-                .map(|c| Field::new(&c.name.value, arrow_type(c.kind), c.nullable))
-                .collect::<Vec<_>>(),
-        ));
+        epoch: u64,
+    ) -> ParquetSink {
         let codec = match spec.compression {
             Compression::Zstd => {
                 Codec::ZSTD(ZstdLevel::try_new(1).expect("1 is a valid zstd level"))
@@ -142,45 +116,34 @@ impl ParquetSink {
             .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
             .set_created_by(format!("weir {}", env!("CARGO_PKG_VERSION")))
             .build();
-        Ok(ParquetSink {
-            store: Arc::new(store),
-            root: root.display().to_string(),
-            read_schema,
-            columns: columns
-                .iter()
-                .scan(0, |json, c| {
-                    Some(match &c.meta {
-                        Some(meta) => Column::Meta(meta.value, c.kind),
-                        None => {
-                            *json += 1;
-                            Column::Json(*json - 1)
-                        }
-                    })
-                })
-                .collect(),
-            write_schema,
+        ParquetSink {
+            location,
+            rows: RowEncoder::new(&spec.schema.value),
             props,
             open: BTreeMap::new(),
-            prefix: format!("{pipeline}-{run}"),
+            finished: Vec::new(),
+            pipeline: pipeline.into(),
+            run: run.into(),
+            epoch,
             next_file: 0,
             max_file_bytes: spec
                 .max_file_bytes
                 .as_ref()
                 .map_or(DEFAULT_MAX_FILE_BYTES, |m| m.value),
             files_written: 0,
-        })
+        }
     }
 
     /// Where the files go.
     pub fn root(&self) -> &str {
-        &self.root
+        &self.location.url
     }
 
     /// Writes a batch; returns the records that do not fit the schema.
     pub async fn write(&mut self, batch: &Batch) -> Result<Rejected, SinkError> {
         let mut rejected = Vec::new();
         for (partition, indices) in group_by_hour(batch) {
-            let Some(rows) = self.decode(batch, &indices, &mut rejected)? else {
+            let Some(rows) = self.rows.decode(batch, &indices, &mut rejected)? else {
                 continue;
             };
             let file = match self.open.get_mut(&partition) {
@@ -193,7 +156,8 @@ impl ParquetSink {
             file.writer
                 .write(&rows)
                 .await
-                .map_err(|e| SinkError::Io(format!("writing {}: {e}", file.path)))?;
+                .map_err(|e| SinkError::Io(format!("writing {}: {e}", file.file.in_progress)))?;
+            file.file.rows += rows.num_rows() as u64;
             if (file.writer.bytes_written() + file.writer.in_progress_size()) as u64
                 >= self.max_file_bytes
             {
@@ -204,219 +168,146 @@ impl ParquetSink {
         Ok(rejected)
     }
 
-    /// Finishes every open file, making it visible.
-    pub async fn checkpoint(&mut self) -> Result<(), SinkError> {
+    /// Finishes every open file under its in-progress name; returns the checkpoint's files.
+    pub async fn pre_commit(&mut self, id: u64) -> Result<Pending, SinkError> {
         for (_, file) in std::mem::take(&mut self.open) {
             self.finish(file).await?;
         }
-        Ok(())
+        let files = std::mem::take(&mut self.finished);
+        self.epoch = id + 1;
+        self.files_written += files.len() as u64;
+        let commit = ParquetCommit { files };
+        Ok(Pending {
+            files: commit.files.len() as u64,
+            bytes: commit.files.iter().map(|f| f.bytes).sum(),
+            commit: Some(serde_json::to_value(&commit).map_err(internal)?),
+        })
     }
 
     fn new_file(&mut self, partition: &str) -> Result<OpenFile, SinkError> {
-        let path = ObjectPath::from(format!(
-            "{partition}/{}-{:05}.parquet",
-            self.prefix, self.next_file
-        ));
+        let name = format!(
+            "{}-c{}-{}-{:05}.parquet",
+            self.pipeline, self.epoch, self.run, self.next_file
+        );
         self.next_file += 1;
-        let upload = ParquetObjectWriter::new(self.store.clone(), path.clone());
+        let file = FileEntry {
+            in_progress: format!("{IN_PROGRESS}/{name}"),
+            path: format!("{partition}/{name}"),
+            rows: 0,
+            bytes: 0,
+        };
+        let upload = ParquetObjectWriter::new(
+            self.location.store.clone(),
+            ObjectPath::from(file.in_progress.as_str()),
+        );
         let writer =
-            AsyncArrowWriter::try_new(upload, self.write_schema.clone(), Some(self.props.clone()))
-                .map_err(|e| SinkError::Io(format!("starting {path}: {e}")))?;
-        Ok(OpenFile { path, writer })
+            AsyncArrowWriter::try_new(upload, self.rows.schema.clone(), Some(self.props.clone()))
+                .map_err(|e| SinkError::Io(format!("starting {}: {e}", file.in_progress)))?;
+        Ok(OpenFile { file, writer })
     }
 
-    async fn finish(&mut self, file: OpenFile) -> Result<(), SinkError> {
-        file.writer
+    async fn finish(&mut self, open: OpenFile) -> Result<(), SinkError> {
+        let OpenFile { mut file, writer } = open;
+        writer
             .close()
             .await
-            .map_err(|e| SinkError::Io(format!("finishing {}: {e}", file.path)))?;
-        self.files_written += 1;
+            .map_err(|e| SinkError::Io(format!("finishing {}: {e}", file.in_progress)))?;
+        file.bytes = self
+            .location
+            .store
+            .head(&ObjectPath::from(file.in_progress.as_str()))
+            .await
+            .map_err(|e| SinkError::Io(format!("finishing {}: {e}", file.in_progress)))?
+            .size;
+        self.finished.push(file);
+        Ok(())
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> SinkError {
+    SinkError::Internal(e.to_string())
+}
+
+/// Publishes a Parquet sink's checkpoints: the commit log, then final names.
+pub struct ParquetCommitter {
+    location: Location,
+}
+
+impl ParquetCommitter {
+    /// The committer of the folder at `location`.
+    pub fn new(location: Location) -> ParquetCommitter {
+        ParquetCommitter { location }
+    }
+
+    fn io(&self, what: &str, e: impl std::fmt::Display) -> SinkError {
+        SinkError::Io(format!("{}: {what}: {e}", self.location.url))
+    }
+
+    /// Commits checkpoint `id` of `pipeline`; doing it again changes nothing.
+    pub async fn commit(
+        &self,
+        pipeline: &str,
+        id: u64,
+        pending: &serde_json::Value,
+    ) -> Result<(), SinkError> {
+        let commit: ParquetCommit = serde_json::from_value(pending.clone()).map_err(internal)?;
+        let store = &self.location.store;
+        let log = ObjectPath::from(format!("commit-log/chk-{id}/files.json"));
+        let entry =
+            serde_json::json!({ "pipeline": pipeline, "checkpoint": id, "files": commit.files });
+        let body = serde_json::to_vec_pretty(&entry).map_err(internal)?;
+        store
+            .put(&log, PutPayload::from(body))
+            .await
+            .map_err(|e| self.io("writing the commit log", e))?;
+        for file in &commit.files {
+            let from = ObjectPath::from(file.in_progress.as_str());
+            let to = ObjectPath::from(file.path.as_str());
+            match store.head(&to).await {
+                // Moved already (by the commit a crash interrupted, or half-moved by a copy and
+                // delete): only the in-progress name may be left.
+                Ok(_) => match store.delete(&from).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                    Err(e) => return Err(self.io(&file.in_progress, e)),
+                },
+                Err(object_store::Error::NotFound { .. }) => store
+                    .rename(&from, &to)
+                    .await
+                    .map_err(|e| self.io(&format!("committing {}", file.in_progress), e))?,
+                Err(e) => return Err(self.io(&file.path, e)),
+            }
+        }
         Ok(())
     }
 
-    /// Reads the given records into a record batch with the written column names. Records that
-    /// do not fit are added to `rejected`; the rest are kept.
-    fn decode(
-        &self,
-        batch: &Batch,
-        indices: &[usize],
-        rejected: &mut Rejected,
-    ) -> Result<Option<RecordBatch>, SinkError> {
-        match self.decode_all(batch, indices.iter().copied()) {
-            Ok(rows) => return Ok(rows),
-            Err(_) if indices.len() > 1 => {}
-            Err(e) => {
-                rejected.push((
-                    indices[0],
-                    format!("record does not fit the parquet schema: {e}"),
-                ));
-                return Ok(None);
+    /// Deletes the in-progress files of `pipeline` (on recovery, after the newest manifest was
+    /// committed again, none of them belongs to a checkpoint). Returns how many.
+    pub async fn clean(&self, pipeline: &str) -> Result<usize, SinkError> {
+        let folder = ObjectPath::from(IN_PROGRESS);
+        let mut removed = 0;
+        let objects = crate::storage::list(self.location.store.as_ref(), Some(&folder))
+            .await
+            .map_err(|e| self.io("listing in-progress files", e))?;
+        let ours = format!("{pipeline}-c");
+        for object in objects {
+            if object
+                .location
+                .filename()
+                .is_some_and(|n| n.starts_with(&ours))
+            {
+                self.location
+                    .store
+                    .delete(&object.location)
+                    .await
+                    .map_err(|e| self.io("deleting an orphan", e))?;
+                removed += 1;
             }
         }
-        // Something does not fit: find out which records, one at a time.
-        let mut good = Vec::with_capacity(indices.len());
-        for &i in indices {
-            match self.decode_all(batch, std::iter::once(i)) {
-                Ok(_) => good.push(i),
-                Err(e) => {
-                    rejected.push((i, format!("record does not fit the parquet schema: {e}")))
-                }
-            }
+        if let Some(local) = &self.location.local {
+            removed += crate::storage::remove_local_staging(&local.join(IN_PROGRESS))
+                .map_err(|e| self.io("deleting interrupted uploads", e))?;
         }
-        if good.is_empty() {
-            return Ok(None);
-        }
-        self.decode_all(batch, good.into_iter()).map_err(|e| {
-            SinkError::Internal(format!("records that decoded alone failed together: {e}"))
-        })
-    }
-
-    fn decode_all(
-        &self,
-        batch: &Batch,
-        indices: impl ExactSizeIterator<Item = usize> + Clone,
-    ) -> Result<Option<RecordBatch>, arrow_schema::ArrowError> {
-        if indices.len() == 0 {
-            return Ok(None);
-        }
-        let json = if self.read_schema.fields().is_empty() {
-            None
-        } else {
-            Some(self.decode_json(batch, indices.clone())?)
-        };
-        let arrays = self
-            .columns
-            .iter()
-            .map(|column| match column {
-                Column::Json(j) => Ok(json
-                    .as_ref()
-                    .expect("JSON columns decoded")
-                    .column(*j)
-                    .clone()),
-                Column::Meta(meta, kind) => meta_array(batch, indices.clone(), *meta, *kind),
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Some(RecordBatch::try_new(
-            self.write_schema.clone(),
-            arrays,
-        )?))
-    }
-
-    /// The JSON columns of the given records.
-    fn decode_json(
-        &self,
-        batch: &Batch,
-        indices: impl ExactSizeIterator<Item = usize>,
-    ) -> Result<RecordBatch, arrow_schema::ArrowError> {
-        let mut decoder = ReaderBuilder::new(self.read_schema.clone())
-            .with_batch_size(indices.len().max(1))
-            .build_decoder()?;
-        let mut count = 0;
-        for i in indices {
-            let value = batch.value(i);
-            if !value.trim_ascii_start().starts_with(b"{") {
-                return Err(arrow_schema::ArrowError::JsonError(format!(
-                    "expected a JSON object at record {i}"
-                )));
-            }
-            let consumed = decoder.decode(value)?;
-            if consumed != value.len() {
-                return Err(arrow_schema::ArrowError::JsonError(
-                    "more than one JSON value in a record".into(),
-                ));
-            }
-            decoder.decode(b"\n")?;
-            count += 1;
-        }
-        let rows = decoder
-            .flush()?
-            .unwrap_or_else(|| RecordBatch::new_empty(self.read_schema.clone()));
-        if rows.num_rows() != count {
-            return Err(arrow_schema::ArrowError::JsonError(format!(
-                "expected {count} rows, read {}",
-                rows.num_rows()
-            )));
-        }
-        Ok(rows)
-    }
-}
-
-/// A column of record metadata for the given records (types checked when the pipeline loads).
-fn meta_array(
-    batch: &Batch,
-    indices: impl Iterator<Item = usize>,
-    meta: Meta,
-    kind: ColumnType,
-) -> Result<ArrayRef, arrow_schema::ArrowError> {
-    let records = indices.map(|i| (i, &batch.records[i]));
-    Ok(match (meta, kind) {
-        (Meta::Value | Meta::Key, ColumnType::Binary) => Arc::new(BinaryArray::from_iter(
-            records.map(|(i, _)| bytes_of(batch, i, meta)),
-        )),
-        (Meta::Value | Meta::Key, _) => Arc::new(StringArray::from_iter(
-            records
-                .map(|(i, _)| utf8(bytes_of(batch, i, meta)))
-                .collect::<Result<Vec<_>, _>>()?,
-        )),
-        (Meta::Topic, _) => Arc::new(StringArray::from_iter_values(
-            records.map(|_| batch.topic.as_str()),
-        )),
-        (Meta::Partition, ColumnType::Int32) => Arc::new(Int32Array::from_iter_values(
-            records.map(|_| batch.partition),
-        )),
-        (Meta::Partition, _) => Arc::new(Int64Array::from_iter_values(
-            records.map(|_| i64::from(batch.partition)),
-        )),
-        (Meta::Offset, _) => Arc::new(Int64Array::from_iter_values(records.map(|(_, r)| r.offset))),
-        (Meta::Timestamp, ColumnType::TimestampMs) => Arc::new(
-            TimestampMillisecondArray::from_iter_values(records.map(|(_, r)| r.timestamp_ms))
-                .with_timezone("+00:00"),
-        ),
-        (Meta::Timestamp, ColumnType::TimestampUs) => Arc::new(
-            TimestampMicrosecondArray::from_iter_values(
-                records.map(|(_, r)| r.timestamp_ms * 1000),
-            )
-            .with_timezone("+00:00"),
-        ),
-        (Meta::Timestamp, _) => Arc::new(Int64Array::from_iter_values(
-            records.map(|(_, r)| r.timestamp_ms),
-        )),
-        (Meta::Headers, _) => Arc::new(StringArray::from_iter(records.map(|(i, _)| {
-            let headers = batch.headers_of(i);
-            (!headers.is_empty()).then(|| {
-                let object: serde_json::Map<String, serde_json::Value> = headers
-                    .iter()
-                    .map(|h| {
-                        (
-                            h.name.clone(),
-                            String::from_utf8_lossy(&h.value).into_owned().into(),
-                        )
-                    })
-                    .collect();
-                serde_json::Value::Object(object).to_string()
-            })
-        }))),
-    })
-}
-
-/// `bytes` as text, for a string column; bytes that are not UTF-8 make the record not fit.
-fn utf8(bytes: Option<&[u8]>) -> Result<Option<&str>, arrow_schema::ArrowError> {
-    bytes
-        .map(|b| {
-            std::str::from_utf8(b).map_err(|_| {
-                arrow_schema::ArrowError::InvalidArgumentError(
-                    "bytes are not UTF-8 text for a string column".into(),
-                )
-            })
-        })
-        .transpose()
-}
-
-/// The value's or the key's bytes of record `i`.
-fn bytes_of(batch: &Batch, i: usize, meta: Meta) -> Option<&[u8]> {
-    match meta {
-        Meta::Key => batch.key(i),
-        _ => Some(batch.value(i)),
+        Ok(removed)
     }
 }
 
@@ -443,46 +334,7 @@ fn group_by_hour(batch: &Batch) -> BTreeMap<String, Vec<usize>> {
 
 #[cfg(test)]
 mod tests {
-    use arrow_array::Array;
-
     use super::*;
-
-    #[test]
-    fn metadata_columns_hold_bytes_text_and_headers() {
-        let mut b = Batch::with_capacity("t", 2, 2, 0);
-        b.push(
-            Some(b"k"),
-            b"not json",
-            7,
-            40,
-            &[crate::record::header("h", b"v")],
-        );
-        b.push(None, &[0xff, 0x00], 8, 41, &[]);
-        let binary = meta_array(&b, 0..2, Meta::Value, ColumnType::Binary).unwrap();
-        let binary = binary.as_any().downcast_ref::<BinaryArray>().unwrap();
-        assert_eq!(binary.value(1), [0xff, 0x00]);
-        let keys = meta_array(&b, 0..2, Meta::Key, ColumnType::String).unwrap();
-        let keys = keys.as_any().downcast_ref::<StringArray>().unwrap();
-        assert_eq!((keys.value(0), keys.is_null(1)), ("k", true));
-        let headers = meta_array(&b, 0..2, Meta::Headers, ColumnType::String).unwrap();
-        let headers = headers.as_any().downcast_ref::<StringArray>().unwrap();
-        assert_eq!(
-            (headers.value(0), headers.is_null(1)),
-            (r#"{"h":"v"}"#, true)
-        );
-        let partition = meta_array(&b, 0..2, Meta::Partition, ColumnType::Int64).unwrap();
-        assert_eq!(
-            partition
-                .as_any()
-                .downcast_ref::<Int64Array>()
-                .unwrap()
-                .value(1),
-            2
-        );
-        // Bytes that are not UTF-8 do not fit a string column; the record is rejected.
-        assert!(meta_array(&b, 1..2, Meta::Value, ColumnType::String).is_err());
-        assert!(meta_array(&b, 0..1, Meta::Value, ColumnType::String).is_ok());
-    }
 
     #[test]
     fn records_are_grouped_by_utc_hour() {

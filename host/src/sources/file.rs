@@ -26,14 +26,14 @@ pub struct FileSource {
 }
 
 impl FileSource {
-    /// Opens `path` for reading.
-    pub fn open(path: &Path, batch_size: usize) -> Result<FileSource, SourceError> {
+    /// Opens `path` for reading, past its first `skip` lines (read by a previous run).
+    pub fn open(path: &Path, batch_size: usize, skip: u64) -> Result<FileSource, SourceError> {
         let io = |source| SourceError::Io {
             path: path.display().to_string(),
             source,
         };
         let file = std::fs::File::open(path).map_err(io)?;
-        Ok(FileSource {
+        let mut source = FileSource {
             path: path.display().to_string(),
             topic: path
                 .file_name()
@@ -42,7 +42,25 @@ impl FileSource {
             batch_size,
             line: 0,
             buf: Vec::new(),
-        })
+        };
+        while (source.line as u64) < skip {
+            source.buf.clear();
+            if source
+                .reader
+                .read_until(b'\n', &mut source.buf)
+                .map_err(io)?
+                == 0
+            {
+                break;
+            }
+            source.line += 1;
+        }
+        Ok(source)
+    }
+
+    /// Lines read so far (blank ones included): the next line's offset, less one.
+    pub fn lines_read(&self) -> u64 {
+        self.line as u64
     }
 
     /// The next batch of lines, or `None` at the end of the file.

@@ -191,10 +191,16 @@ fn kafka_error(e: rdkafka::error::KafkaError) -> SourceError {
 impl KafkaSource {
     /// Connects and subscribes. `drain` is the runtime's synchronous checkpoint, for rebalances.
     /// A relative Avro schema path starts from `dir`.
+    ///
+    /// `resume` holds the positions of the newest checkpoint manifest: they are committed to the
+    /// group before it is joined, so the group starts exactly after what the sinks committed
+    /// (the group's own offsets may lag them by one checkpoint after a crash). An embedded
+    /// cluster starts empty every run, so it has nothing to resume.
     pub fn open(
         spec: &KafkaSourceSpec,
         dir: &std::path::Path,
         drain: SharedDrain,
+        resume: &[crate::checkpoint::Offset],
     ) -> Result<KafkaSource, SourceError> {
         let embedded = match &spec.embedded {
             Some(e) if spec.bootstrap_servers.value == EMBEDDED => {
@@ -267,6 +273,22 @@ impl KafkaSource {
         };
         let consumer: BaseConsumer<Context> =
             config.create_with_context(context).map_err(kafka_error)?;
+        if embedded.is_none() && !resume.is_empty() {
+            let mut list = TopicPartitionList::new();
+            for o in resume {
+                list.add_partition_offset(&o.topic, o.partition, Offset::Offset(o.offset))
+                    .map_err(kafka_error)?;
+            }
+            consumer
+                .commit(&list, CommitMode::Sync)
+                .map_err(|e| SourceError::Kafka(format!("resuming from the checkpoint: {e}")))?;
+            let mut state = state.lock().unwrap_or_else(PoisonError::into_inner);
+            for o in resume {
+                state
+                    .committed
+                    .insert((o.topic.clone(), o.partition), o.offset);
+            }
+        }
         let topics: Vec<&str> = spec.topics.value.iter().map(String::as_str).collect();
         consumer.subscribe(&topics).map_err(kafka_error)?;
         Ok(KafkaSource {
@@ -380,9 +402,10 @@ impl KafkaSource {
         self.consumer.resume(&assignment).map_err(kafka_error)
     }
 
-    /// Remembers where the source stands as checkpoint `id`'s barrier leaves it.
-    pub fn barrier(&mut self, id: u64) {
-        self.state().barrier(id);
+    /// Remembers where the source stands as checkpoint `id`'s barrier leaves it, and returns
+    /// it.
+    pub fn barrier(&mut self, id: u64) -> Vec<crate::checkpoint::Offset> {
+        self.state().barrier(id)
     }
 
     /// Checkpoint `id` is finished by every sink: commits its positions to Kafka.
@@ -454,8 +477,20 @@ impl State {
         })
     }
 
-    fn barrier(&mut self, id: u64) {
+    /// Snapshots the positions handed out for checkpoint `id`. The manifest gets every
+    /// partition this member owns, also those it has read nothing from since they were
+    /// committed.
+    fn barrier(&mut self, id: u64) -> Vec<crate::checkpoint::Offset> {
         self.pending.insert(id, self.handed_out.clone());
+        let mut all = self.committed.clone();
+        all.extend(self.handed_out.clone());
+        all.into_iter()
+            .map(|((topic, partition), offset)| crate::checkpoint::Offset {
+                topic,
+                partition,
+                offset,
+            })
+            .collect()
     }
 
     /// Commits the positions of checkpoint `id` (and forgets older snapshots, which it covers).

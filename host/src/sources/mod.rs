@@ -17,7 +17,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{pipeline::spec::SourceSpec, plugin::now_ms, record::Batch};
+use crate::{checkpoint::Offset, pipeline::spec::SourceSpec, plugin::now_ms, record::Batch};
 
 /// Errors from a source.
 #[derive(Debug, thiserror::Error)]
@@ -64,8 +64,13 @@ pub enum Next {
 /// read from them is in the sinks and committed before another member reads on.
 pub trait Drain: Send {
     /// Sends `pulled`, then the barrier of a new checkpoint, calling `barrier` with its number
-    /// just before; returns the number once every sink has finished it.
-    fn drain(&mut self, pulled: Vec<Pulled>, barrier: &mut dyn FnMut(u64)) -> Result<u64, String>;
+    /// just before (it returns the source's position); returns the number once the checkpoint
+    /// is committed.
+    fn drain(
+        &mut self,
+        pulled: Vec<Pulled>,
+        barrier: &mut dyn FnMut(u64) -> Vec<Offset>,
+    ) -> Result<u64, String>;
 }
 
 /// The runtime's [`Drain`], shared with the sources that need it.
@@ -135,8 +140,15 @@ impl Pace {
 }
 
 impl Source {
-    /// Opens the source described by `spec`; relative paths start from `dir`.
-    pub fn open(spec: &SourceSpec, dir: &Path, drain: SharedDrain) -> Result<Source, SourceError> {
+    /// Opens the source described by `spec`; relative paths start from `dir`. It starts where
+    /// `resume` (the newest manifest's positions) says, if that names anything.
+    pub fn open(
+        spec: &SourceSpec,
+        dir: &Path,
+        drain: SharedDrain,
+        resume: &[Offset],
+    ) -> Result<Source, SourceError> {
+        let skip = resume.first().map_or(0, |o| o.offset.max(0) as u64);
         Ok(match spec {
             SourceSpec::Generator(g) => {
                 let rate = g.rate_per_sec.as_ref().map(|r| r.value.max(1));
@@ -144,8 +156,10 @@ impl Source {
                     Some(rate) => Pace::batch_size(rate, g.batch_size.value),
                     None => g.batch_size.value,
                 };
+                let mut generator = generator::Generator::new(g, now_ms());
+                generator.skip(skip);
                 Source::Generator {
-                    generator: generator::Generator::new(g, now_ms()),
+                    generator,
                     batch_size,
                     pace: rate.map(Pace::new),
                 }
@@ -153,9 +167,10 @@ impl Source {
             SourceSpec::File(f) => Source::File(file::FileSource::open(
                 &dir.join(&f.path.value),
                 f.batch_size.value,
+                skip,
             )?),
             SourceSpec::Kafka(k) => {
-                Source::Kafka(Box::new(kafka::KafkaSource::open(k, dir, drain)?))
+                Source::Kafka(Box::new(kafka::KafkaSource::open(k, dir, drain, resume)?))
             }
         })
     }
@@ -224,15 +239,25 @@ impl Source {
         }
     }
 
-    /// Notes where the source stands as checkpoint `id`'s barrier leaves it.
-    pub fn barrier(&mut self, id: u64) {
-        if let Source::Kafka(k) = self {
-            k.barrier(id);
+    /// Notes where the source stands as checkpoint `id`'s barrier leaves it, and returns it
+    /// for the manifest. A generator or a file has one "partition": the records handed out.
+    pub fn barrier(&mut self, id: u64) -> Vec<Offset> {
+        let count = |topic: &str, n: u64| {
+            vec![Offset {
+                topic: topic.into(),
+                partition: 0,
+                offset: n as i64,
+            }]
+        };
+        match self {
+            Source::Kafka(k) => k.barrier(id),
+            Source::Generator { generator, .. } => count(generator::TOPIC, generator.produced()),
+            Source::File(f) => count("file", f.lines_read()),
         }
     }
 
-    /// Every sink has finished checkpoint `id`: the source may forget what came before it
-    /// (for Kafka: commit the group's offsets).
+    /// Checkpoint `id` is committed: the source may forget what came before it (for Kafka:
+    /// commit the group's offsets).
     pub fn checkpoint_done(&mut self, id: u64) -> Result<(), SourceError> {
         match self {
             Source::Kafka(k) => k.commit(id),

@@ -107,6 +107,26 @@ impl Generator {
         }
     }
 
+    /// Records generated so far: the offset of the next one.
+    pub fn produced(&self) -> u64 {
+        self.next
+    }
+
+    /// Generates and drops the next `n` records, so the sequence goes on where a previous run
+    /// stopped (the records depend on all before them).
+    pub fn skip(&mut self, n: u64) {
+        let mut scratch = Batch::with_capacity(TOPIC, 0, 4096, 4096 * 200);
+        let mut left = n;
+        while left > 0 {
+            let chunk = left.min(4096) as usize;
+            scratch.clear();
+            if self.fill(&mut scratch, chunk) == 0 {
+                break;
+            }
+            left -= chunk as u64;
+        }
+    }
+
     /// How many records are left, if the source is bounded.
     pub fn remaining(&self) -> Option<u64> {
         self.count.map(|c| c.saturating_sub(self.next))

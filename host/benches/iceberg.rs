@@ -1,0 +1,342 @@
+//! Benchmark: the generator → an Iceberg bronze table (raw value bytes, topic, partition, offset,
+//! timestamp; SQLite catalog, local warehouse, one snapshot per checkpoint), at the maximum rate
+//! and at a fixed 10,000 records/s, beside the same rows written straight to Parquet files with
+//! the `parquet` crate (what writing the bytes costs without Weir or Iceberg), in the same run.
+//!
+//! `cargo bench --bench iceberg` prints, per mode: records/s, p50/p99/max visible latency (a
+//! record's read time → the commit of the snapshot that holds it, from the manifests' barrier
+//! times and the snapshots' commit times), bytes committed, checkpoints, and peak RSS (each mode
+//! in a child process of its own). `WEIR_BENCH_RECORDS` (default 2,000,000) sets the maximum-rate
+//! run's size, `WEIR_BENCH_SECONDS` (default 30) the fixed-rate run's length, and
+//! `WEIR_BENCH_INTERVAL` (default `2s`) the checkpoint interval.
+#![allow(missing_docs)]
+
+mod common;
+
+use common::peak_rss_mib;
+use std::{path::Path, process::Command, sync::Arc, time::Instant};
+
+use weir::{
+    checkpoint::Manifest,
+    pipeline,
+    plugin::PluginHost,
+    runtime::{self, RunOptions, progress::Metrics},
+};
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+const COLUMNS: &str = "
+        - { name: topic, type: string, meta: topic }
+        - { name: partition, type: int32, meta: partition }
+        - { name: offset, type: int64, meta: offset }
+        - { name: kafka_ts, type: timestamp_ms, meta: timestamp }
+        - { name: raw_bytes, type: binary, meta: value }";
+
+/// The bronze pipeline: `count` generated trades (at `rate` per second, if set).
+fn bronze_yaml(count: u64, rate: Option<u64>, interval: &str) -> String {
+    let rate = rate.map_or(String::new(), |r| {
+        format!("\n    rate_per_sec: {r}\n    events_per_sec: {r}")
+    });
+    format!(
+        "version: 1
+name: iceberg-bench
+source:
+  generator:
+    count: {count}
+    format: binance
+    seed: 7{rate}
+sinks:
+  - name: lake
+    input: source
+    iceberg:
+      catalog: {{ type: sql, uri: \"sqlite:catalog.db\", warehouse: warehouse }}
+      table: bench.bronze
+      schema:{COLUMNS}
+checkpoint:
+  interval: {interval}
+  retain: 100000
+"
+    )
+}
+
+/// Runs the pipeline in `dir` to its end; returns (records/s, latency percentiles, bytes,
+/// checkpoints).
+fn weir(dir: &Path, count: u64, rate: Option<u64>) -> String {
+    let interval = std::env::var("WEIR_BENCH_INTERVAL").unwrap_or_else(|_| "2s".into());
+    let file = dir.join("bench.yaml");
+    std::fs::write(&file, bronze_yaml(count, rate, &interval)).unwrap();
+    let host = PluginHost::new(PluginHost::default_cache_dir()).unwrap();
+    let pipeline = pipeline::load(&file, &host).unwrap_or_else(|e| panic!("{e}"));
+    let metrics = Arc::new(Metrics::for_pipeline(&pipeline));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let started_ms = chrono::Utc::now().timestamp_millis();
+    let summary = rt
+        .block_on(runtime::run(
+            pipeline,
+            std::future::pending(),
+            RunOptions {
+                progress: false,
+                metrics: Some(metrics),
+            },
+        ))
+        .unwrap();
+    let took = started.elapsed();
+    let snapshots = rt.block_on(snapshot_times(dir));
+    let latencies = visible_latencies(dir, started_ms, &snapshots);
+    format!(
+        "{:.0} {:.0} {:.0} {:.0} {} {} {:.1}",
+        summary.records_in as f64 / took.as_secs_f64(),
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99),
+        percentile(&latencies, 1.0),
+        summary.committed.1,
+        summary.checkpoints,
+        peak_rss_mib()
+    )
+}
+
+/// (records committed so far, commit time in ms) of every snapshot, oldest first.
+async fn snapshot_times(dir: &Path) -> Vec<(i64, i64)> {
+    use iceberg::{Catalog, CatalogBuilder, TableIdent};
+    let catalog = iceberg_catalog_sql::SqlCatalogBuilder::default()
+        .with_storage_factory(Arc::new(iceberg::io::LocalFsStorageFactory))
+        .load(
+            "weir",
+            [
+                (
+                    "uri".to_string(),
+                    format!("sqlite:{}?mode=rwc", dir.join("catalog.db").display()),
+                ),
+                (
+                    "warehouse".to_string(),
+                    format!("file://{}", dir.join("warehouse").display()),
+                ),
+                ("sql_bind_style".to_string(), "QMark".to_string()),
+            ]
+            .into(),
+        )
+        .await
+        .unwrap();
+    let ident = TableIdent::from_strs(["bench", "bronze"]).unwrap();
+    let table = catalog.load_table(&ident).await.unwrap();
+    let mut times: Vec<(i64, i64)> = table
+        .metadata()
+        .snapshots()
+        .filter_map(|s| {
+            let offsets = s.summary().additional_properties.get("weir.offsets")?;
+            let n = offsets.rsplit(':').next()?.parse().ok()?;
+            Some((n, s.timestamp_ms()))
+        })
+        .collect();
+    times.sort_unstable();
+    times
+}
+
+/// Each record's visible latency, in ms: the commit time of the first snapshot holding it, less
+/// the time it was read (interpolated between the barriers around it, from the manifests).
+fn visible_latencies(dir: &Path, started_ms: i64, snapshots: &[(i64, i64)]) -> Vec<(f64, u64)> {
+    let folder = dir.join(".weir/checkpoints/iceberg-bench");
+    let mut barriers: Vec<(i64, i64)> = vec![(0, started_ms)];
+    for entry in std::fs::read_dir(folder).unwrap() {
+        let manifest: Manifest =
+            serde_json::from_slice(&std::fs::read(entry.unwrap().path()).unwrap()).unwrap();
+        let n = manifest.offsets.first().map_or(0, |o| o.offset);
+        barriers.push((n, manifest.started_ms));
+    }
+    barriers.sort_unstable();
+    // Weighted samples: (latency of a block of records, how many records).
+    let mut samples = Vec::new();
+    for window in barriers.windows(2) {
+        let ((from, t0), (to, t1)) = (window[0], window[1]);
+        let Some(&(_, visible)) = snapshots.iter().find(|(n, _)| *n >= to) else {
+            continue;
+        };
+        const STEPS: i64 = 20;
+        let records = (to - from).max(0);
+        for step in 0..STEPS {
+            let read = t0 as f64 + (t1 - t0) as f64 * (step as f64 + 0.5) / STEPS as f64;
+            samples.push((visible as f64 - read, (records / STEPS) as u64));
+        }
+    }
+    samples.sort_by(|a, b| a.0.total_cmp(&b.0));
+    samples
+}
+
+fn percentile(samples: &[(f64, u64)], p: f64) -> f64 {
+    let total: u64 = samples.iter().map(|s| s.1).sum();
+    let want = (total as f64 * p).ceil() as u64;
+    let mut seen = 0;
+    for (latency, n) in samples {
+        seen += n;
+        if seen >= want.max(1) {
+            return *latency;
+        }
+    }
+    samples.last().map_or(f64::NAN, |s| s.0)
+}
+
+/// The same rows straight into Parquet files (one per 1,000,000 rows), no Weir, no Iceberg:
+/// generated with the same generator, columns built the same way.
+fn native(dir: &Path, count: u64) -> String {
+    use arrow_array::{
+        BinaryArray, Int32Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+    };
+    use parquet::{
+        arrow::ArrowWriter,
+        basic::{Compression, ZstdLevel},
+        file::properties::WriterProperties,
+    };
+    let spec = weir::datagen::spec(
+        weir::pipeline::spec::GeneratorFormat::Binance,
+        Some(count),
+        None,
+        7,
+        None,
+        None,
+        None,
+    );
+    let mut generator = weir::sources::generator::Generator::new(&spec, 0);
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).unwrap()))
+        .set_max_row_group_row_count(Some(128 * 1024))
+        .build();
+    let started = Instant::now();
+    let mut written = 0u64;
+    let mut bytes = 0u64;
+    let mut file_no = 0;
+    let mut writer: Option<ArrowWriter<std::fs::File>> = None;
+    let mut in_file = 0u64;
+    loop {
+        let mut batch = weir::record::Batch::with_capacity("generator", 0, 1024, 1024 * 200);
+        let n = generator.fill(&mut batch, 1024);
+        if n == 0 {
+            break;
+        }
+        let rows = RecordBatch::try_from_iter([
+            (
+                "topic",
+                Arc::new(StringArray::from_iter_values(
+                    batch.records.iter().map(|_| batch.topic.as_str()),
+                )) as _,
+            ),
+            (
+                "partition",
+                Arc::new(Int32Array::from_iter_values(
+                    batch.records.iter().map(|_| batch.partition),
+                )) as _,
+            ),
+            (
+                "offset",
+                Arc::new(Int64Array::from_iter_values(
+                    batch.records.iter().map(|r| r.offset),
+                )) as _,
+            ),
+            (
+                "kafka_ts",
+                Arc::new(
+                    TimestampMicrosecondArray::from_iter_values(
+                        batch.records.iter().map(|r| r.timestamp_ms * 1000),
+                    )
+                    .with_timezone("+00:00"),
+                ) as _,
+            ),
+            (
+                "raw_bytes",
+                Arc::new(BinaryArray::from_iter_values(
+                    (0..batch.len()).map(|i| batch.value(i)),
+                )) as _,
+            ),
+        ])
+        .unwrap();
+        let w = writer.get_or_insert_with(|| {
+            file_no += 1;
+            let file =
+                std::fs::File::create(dir.join(format!("native-{file_no}.parquet"))).unwrap();
+            ArrowWriter::try_new(file, rows.schema(), Some(props.clone())).unwrap()
+        });
+        w.write(&rows).unwrap();
+        written += n as u64;
+        in_file += n as u64;
+        if in_file >= 1_000_000 {
+            writer.take().unwrap().close().unwrap();
+            in_file = 0;
+        }
+    }
+    if let Some(w) = writer {
+        w.close().unwrap();
+    }
+    for entry in std::fs::read_dir(dir).unwrap() {
+        bytes += entry.unwrap().metadata().unwrap().len();
+    }
+    let took = started.elapsed();
+    format!(
+        "{:.0} NaN NaN NaN {bytes} 0 {:.1}",
+        written as f64 / took.as_secs_f64(),
+        peak_rss_mib()
+    )
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    let count: u64 = env_or("WEIR_BENCH_RECORDS", 2_000_000);
+    let seconds: u64 = env_or("WEIR_BENCH_SECONDS", 30);
+    if let [mode] = args.as_slice() {
+        let dir = tempfile::tempdir().unwrap();
+        let line = match mode.as_str() {
+            "max" => weir(dir.path(), count, None),
+            "fixed" => weir(dir.path(), 10_000 * seconds, Some(10_000)),
+            "native" => native(dir.path(), count),
+            other => panic!("unknown mode {other}"),
+        };
+        println!("{line}");
+        return;
+    }
+    let me = std::env::current_exe().unwrap();
+    println!(
+        "generator (Binance trades) → Iceberg bronze table (SQLite catalog, local warehouse, zstd), checkpoint every {}\n",
+        std::env::var("WEIR_BENCH_INTERVAL").unwrap_or_else(|_| "2s".into())
+    );
+    println!(
+        "{:<44} {:>10} {:>9} {:>9} {:>9} {:>10} {:>6} {:>9}",
+        "run", "records/s", "p50 ms", "p99 ms", "max ms", "MB", "chk", "peak RSS"
+    );
+    for (mode, label) in [
+        ("native", "native: same rows → parquet crate, no Iceberg"),
+        ("max", "weir: generator → iceberg, maximum rate"),
+        ("fixed", "weir: generator → iceberg, 10,000/s"),
+    ] {
+        let out = Command::new(&me).arg(mode).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{mode} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let line = String::from_utf8_lossy(&out.stdout);
+        let v: Vec<f64> = line
+            .split_whitespace()
+            .map(|x| x.parse().unwrap())
+            .collect();
+        println!(
+            "{label:<44} {:>10.0} {:>9.0} {:>9.0} {:>9.0} {:>10.1} {:>6.0} {:>5.0} MiB",
+            v[0],
+            v[1],
+            v[2],
+            v[3],
+            v[4] / 1e6,
+            v[5],
+            v[6]
+        );
+    }
+}
