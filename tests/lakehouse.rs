@@ -111,10 +111,16 @@ fn start(file: &Path, s3: &S3, pause: Option<&str>) -> (Child, mpsc::Receiver<St
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
+        let mut reader = BufReader::new(stderr);
+        let mut line = Vec::new();
+        while reader.read_until(b'\n', &mut line).is_ok_and(|n| n > 0) {
+            if tx
+                .send(String::from_utf8_lossy(&line).into_owned())
+                .is_err()
+            {
                 break;
             }
+            line.clear();
         }
     });
     (child, rx)
@@ -263,17 +269,22 @@ fn sigkill_at_any_moment_loses_and_repeats_nothing() {
             Some((phase, visit)) => {
                 let deadline = Instant::now() + Duration::from_secs(60);
                 let mut paused = false;
+                let mut said = Vec::new();
                 while Instant::now() < deadline && !paused {
                     match lines.recv_timeout(Duration::from_millis(100)) {
-                        Ok(line) => paused = line.contains("paused at"),
+                        Ok(line) => {
+                            paused = line.contains("paused at");
+                            said.push(line);
+                        }
                         Err(mpsc::RecvTimeoutError::Timeout) => {}
                         Err(mpsc::RecvTimeoutError::Disconnected) => break,
                     }
                 }
                 assert!(
                     paused,
-                    "kill {k}: weir never reached {phase} (visit {visit}): {:?}",
-                    child.try_wait()
+                    "kill {k}: weir never reached {phase} (visit {visit}): {:?}\n{}",
+                    child.try_wait(),
+                    said.concat()
                 );
                 *reached.entry(phase).or_default() += 1;
                 format!("at {phase} (visit {visit})")

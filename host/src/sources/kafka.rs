@@ -106,6 +106,9 @@ struct State {
     handed_out: Positions,
     /// What was last committed.
     committed: Positions,
+    /// Where each partition started this run (from the newest manifest), so every manifest
+    /// names every partition, also one nothing was read from since.
+    known: Positions,
     /// Position snapshots of checkpoints whose barrier has left but that are not finished yet.
     pending: BTreeMap<u64, Positions>,
 }
@@ -128,11 +131,74 @@ struct Context {
     drain: SharedDrain,
     /// An error from the callback, reported by the next [`KafkaSource::pull`].
     failed: Mutex<Option<String>>,
+    /// Where partitions start when first assigned: the newest manifest's positions.
+    resume: Mutex<Positions>,
 }
 
 impl ClientContext for Context {}
 
 impl ConsumerContext for Context {
+    /// As the default, but a partition assigned for the first time starts at its position in
+    /// the newest manifest (the group's offset may be a checkpoint behind it after a crash).
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: rdkafka::types::RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        use rdkafka::types::RDKafkaRespErr::{
+            RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS as ASSIGN,
+            RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS as REVOKE,
+        };
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            rdkafka::consumer::RebalanceProtocol::Cooperative
+        );
+        let result = match err {
+            ASSIGN => {
+                let mut resume = self.resume.lock().unwrap_or_else(PoisonError::into_inner);
+                let starts: Vec<_> = tpl
+                    .elements()
+                    .iter()
+                    .filter_map(|e| {
+                        let key = (e.topic().to_string(), e.partition());
+                        resume.remove(&key).map(|offset| (key, offset))
+                    })
+                    .collect();
+                for ((topic, partition), offset) in starts {
+                    if let Err(e) =
+                        tpl.set_partition_offset(&topic, partition, Offset::Offset(offset))
+                    {
+                        tracing::warn!(topic, partition, "cannot start at the checkpoint: {e}");
+                    }
+                }
+                drop(resume);
+                self.pre_rebalance(consumer, &Rebalance::Assign(tpl));
+                if cooperative {
+                    consumer.incremental_assign(tpl)
+                } else {
+                    consumer.assign(tpl)
+                }
+            }
+            REVOKE => {
+                self.pre_rebalance(consumer, &Rebalance::Revoke(tpl));
+                if cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                }
+            }
+            other => {
+                tracing::warn!("rebalance error: {other:?}");
+                consumer.unassign()
+            }
+        };
+        if let Err(e) = result {
+            *self.failed.lock().unwrap_or_else(PoisonError::into_inner) =
+                Some(format!("cannot take the assignment: {e}"));
+        }
+    }
+
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let Rebalance::Revoke(revoked) = rebalance else {
             return;
@@ -164,6 +230,7 @@ impl ConsumerContext for Context {
             let key = (element.topic().to_string(), element.partition());
             state.handed_out.remove(&key);
             state.committed.remove(&key);
+            state.known.remove(&key);
             for snapshot in state.pending.values_mut() {
                 snapshot.remove(&key);
             }
@@ -264,30 +331,29 @@ impl KafkaSource {
             filling: Vec::new(),
             handed_out: Positions::new(),
             committed: Positions::new(),
+            known: Positions::new(),
             pending: BTreeMap::new(),
         }));
         let context = Context {
             state: state.clone(),
             drain,
             failed: Mutex::new(None),
+            resume: Mutex::new(Positions::new()),
         };
         let consumer: BaseConsumer<Context> =
             config.create_with_context(context).map_err(kafka_error)?;
         if embedded.is_none() && !resume.is_empty() {
-            let mut list = TopicPartitionList::new();
-            for o in resume {
-                list.add_partition_offset(&o.topic, o.partition, Offset::Offset(o.offset))
-                    .map_err(kafka_error)?;
-            }
-            consumer
-                .commit(&list, CommitMode::Sync)
-                .map_err(|e| SourceError::Kafka(format!("resuming from the checkpoint: {e}")))?;
-            let mut state = state.lock().unwrap_or_else(PoisonError::into_inner);
-            for o in resume {
-                state
-                    .committed
-                    .insert((o.topic.clone(), o.partition), o.offset);
-            }
+            let start = start_positions(&consumer, resume)?;
+            state
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .known
+                .clone_from(&start);
+            *consumer
+                .context()
+                .resume
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = start;
         }
         let topics: Vec<&str> = spec.topics.value.iter().map(String::as_str).collect();
         consumer.subscribe(&topics).map_err(kafka_error)?;
@@ -482,7 +548,8 @@ impl State {
     /// committed.
     fn barrier(&mut self, id: u64) -> Vec<crate::checkpoint::Offset> {
         self.pending.insert(id, self.handed_out.clone());
-        let mut all = self.committed.clone();
+        let mut all = self.known.clone();
+        all.extend(self.committed.clone());
         all.extend(self.handed_out.clone());
         all.into_iter()
             .map(|((topic, partition), offset)| crate::checkpoint::Offset {
@@ -515,6 +582,35 @@ impl State {
         self.committed.extend(positions);
         Ok(())
     }
+}
+
+/// Where each partition of `resume` starts: its manifest position, or the group's committed
+/// offset if that is further (another member read on after this pipeline's last checkpoint).
+fn start_positions(
+    consumer: &BaseConsumer<Context>,
+    resume: &[crate::checkpoint::Offset],
+) -> Result<Positions, SourceError> {
+    let mut list = TopicPartitionList::new();
+    for o in resume {
+        list.add_partition(&o.topic, o.partition);
+    }
+    let committed = consumer
+        .committed_offsets(list, Duration::from_secs(30))
+        .map_err(|e| SourceError::Kafka(format!("reading the group's offsets: {e}")))?;
+    let mut start = Positions::new();
+    for o in resume {
+        let group = committed
+            .find_partition(&o.topic, o.partition)
+            .and_then(|e| match e.offset() {
+                Offset::Offset(n) => Some(n),
+                _ => None,
+            });
+        start.insert(
+            (o.topic.clone(), o.partition),
+            group.map_or(o.offset, |g| g.max(o.offset)),
+        );
+    }
+    Ok(start)
 }
 
 /// Counts a polled message (an embedded cluster's generator keeps just ahead of the count).
