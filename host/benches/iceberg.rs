@@ -285,6 +285,143 @@ fn native(dir: &Path, count: u64) -> String {
     )
 }
 
+/// Commit latency as the table ages: `total` checkpoints of 10 rows each into one table, each
+/// committed the way Weir does (`weir`: the checkpoint id as the idempotency key, snapshots past
+/// 100 expired) or as the crate does by default (`crate`: its duplicate-file check, no expiry).
+/// Prints `snapshots median_ms` at 10, 100 and 1,000 (median of the 10 commits up to there).
+fn commits(dir: &Path, total: u64, how: &str) -> String {
+    use weir::{
+        checkpoint::Offset,
+        sinks::{OpenContext, Sink},
+    };
+    let file = dir.join("commits.yaml");
+    std::fs::write(
+        &file,
+        "version: 1
+name: commits
+source:
+  generator: { count: 1 }
+sinks:
+  - name: lake
+    input: source
+    iceberg:
+      catalog: { type: sql, uri: \"sqlite:catalog.db\", warehouse: warehouse }
+      table: bench.commits
+      schema:
+        - { name: offset, type: int64, meta: offset }
+        - { name: raw_bytes, type: binary, meta: value }
+",
+    )
+    .unwrap();
+    let host = PluginHost::new(PluginHost::default_cache_dir()).unwrap();
+    let pipeline = pipeline::load(&file, &host).unwrap_or_else(|e| panic!("{e}"));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let cx = OpenContext {
+            dir,
+            pipeline: "commits",
+            run: "bench",
+            epoch: 1,
+            s3: &pipeline.s3,
+        };
+        let (mut sink, committer) = Sink::open(&pipeline.sinks[0].kind, &cx).await.unwrap();
+        let mut committer = committer.unwrap();
+        let mut times = Vec::new();
+        for id in 1..=total {
+            let mut batch = weir::record::Batch::with_capacity("t", 0, 10, 1000);
+            for i in 0..10 {
+                batch.push(None, b"{\"price\": 1.5}", 0, (id * 10 + i) as i64, &[]);
+            }
+            sink.write(&batch).await.unwrap();
+            let pending = sink.pre_commit(id).await.unwrap();
+            let manifest = Manifest {
+                pipeline: "commits".into(),
+                checkpoint: id,
+                started_ms: 0,
+                precommit_ms: 0,
+                offsets: vec![Offset {
+                    topic: "t".into(),
+                    partition: 0,
+                    offset: id as i64 * 10,
+                }],
+                sinks: Default::default(),
+                files: pending.files,
+                bytes: pending.bytes,
+            };
+            let commit = pending.commit.unwrap();
+            let started = Instant::now();
+            if how == "weir" {
+                committer.commit(&manifest, &commit).await.unwrap();
+            } else {
+                crate_default_commit(dir, &commit).await;
+            }
+            times.push(started.elapsed().as_secs_f64() * 1000.0);
+        }
+        [10usize, 100, 1000]
+            .iter()
+            .filter(|&&n| n <= times.len())
+            .map(|&n| {
+                let mut window = times[n.saturating_sub(10)..n].to_vec();
+                window.sort_by(|a, b| a.total_cmp(b));
+                format!("{n} {:.1}", window[window.len() / 2])
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    })
+}
+
+/// Appends the files of a pending commit with the crate's defaults (duplicate check on).
+async fn crate_default_commit(dir: &Path, commit: &serde_json::Value) {
+    use iceberg::{
+        Catalog, CatalogBuilder, TableIdent,
+        transaction::{ApplyTransactionAction, Transaction},
+    };
+    let catalog = iceberg_catalog_sql::SqlCatalogBuilder::default()
+        .with_storage_factory(Arc::new(iceberg::io::LocalFsStorageFactory))
+        .load(
+            "weir",
+            [
+                (
+                    "uri".to_string(),
+                    format!("sqlite:{}?mode=rwc", dir.join("catalog.db").display()),
+                ),
+                (
+                    "warehouse".to_string(),
+                    format!("file://{}", dir.join("warehouse").display()),
+                ),
+                ("sql_bind_style".to_string(), "QMark".to_string()),
+            ]
+            .into(),
+        )
+        .await
+        .unwrap();
+    let table = catalog
+        .load_table(&TableIdent::from_strs(["bench", "commits"]).unwrap())
+        .await
+        .unwrap();
+    let md = table.metadata();
+    let files = commit["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            iceberg::spec::deserialize_data_file_from_json(
+                f.as_str().unwrap(),
+                commit["spec_id"].as_i64().unwrap() as i32,
+                md.default_partition_type(),
+                md.current_schema(),
+            )
+            .unwrap()
+        })
+        .collect::<Vec<_>>();
+    let tx = Transaction::new(&table);
+    let tx = tx.fast_append().add_data_files(files).apply(tx).unwrap();
+    tx.commit(&catalog).await.unwrap();
+}
+
 fn main() {
     let args: Vec<String> = std::env::args()
         .skip(1)
@@ -298,6 +435,8 @@ fn main() {
             "max" => weir(dir.path(), count, None),
             "fixed" => weir(dir.path(), 10_000 * seconds, Some(10_000)),
             "native" => native(dir.path(), count),
+            "commits-weir" => commits(dir.path(), env_or("WEIR_BENCH_COMMITS", 1000), "weir"),
+            "commits-crate" => commits(dir.path(), env_or("WEIR_BENCH_COMMITS", 1000), "crate"),
             other => panic!("unknown mode {other}"),
         };
         println!("{line}");
@@ -312,6 +451,32 @@ fn main() {
         "{:<44} {:>10} {:>9} {:>9} {:>9} {:>10} {:>6} {:>9}",
         "run", "records/s", "p50 ms", "p99 ms", "max ms", "MB", "chk", "peak RSS"
     );
+    println!("commit latency as the table ages (10 rows per checkpoint, one table):");
+    for (mode, label) in [
+        (
+            "commits-crate",
+            "crate defaults (duplicate check, no expiry)",
+        ),
+        (
+            "commits-weir",
+            "weir (checkpoint id as the key, expiry past 100)",
+        ),
+    ] {
+        let out = Command::new(&me).arg(mode).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{mode} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let line = String::from_utf8_lossy(&out.stdout);
+        let cells: Vec<&str> = line.split_whitespace().collect();
+        let figures: Vec<String> = cells
+            .chunks(2)
+            .map(|c| format!("{} snapshots: {} ms", c[0], c[1]))
+            .collect();
+        println!("  {label:<50} {}", figures.join(", "));
+    }
+    println!();
     for (mode, label) in [
         ("native", "native: same rows → parquet crate, no Iceberg"),
         ("max", "weir: generator → iceberg, maximum rate"),
