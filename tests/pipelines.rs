@@ -109,6 +109,8 @@ fn every_option_is_documented() {
         "generator",
         "file",
         "parquet",
+        "iceberg",
+        "object_store",
         "jsonl",
         "stdout",
         "blackhole",
