@@ -9,14 +9,16 @@
 //!
 //! Commit time stays flat as the table ages: the checkpoint id is the idempotency key, so the
 //! crate's duplicate-file check (which opens every manifest of the table on every commit) is off;
-//! and snapshots beyond `keep_snapshots` are expired, with the manifest lists only they used.
+//! with a SQL catalog the manifests are merged into one every [`MERGE_AT`] commits (so the
+//! manifest list a commit carries forward stays short); and snapshots beyond `keep_snapshots` are
+//! expired, with the manifest lists only they used.
 //!
 //! Data files are named `<pipeline>-c<checkpoint>-<run>-<n>.parquet`; on recovery, files of
 //! checkpoints after the newest manifest are deleted (no snapshot can reference them).
 
 pub mod io;
 
-use std::{collections::HashMap, sync::Arc};
+use std::{collections::HashMap, str::FromStr, sync::Arc};
 
 use arrow_array::{ArrayRef, RecordBatch, new_null_array};
 use arrow_schema::SchemaRef as ArrowSchemaRef;
@@ -199,8 +201,13 @@ pub async fn open(
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         .set_created_by(format!("weir {}", env!("CARGO_PKG_VERSION")))
         .build();
+    let sql = match spec.catalog.value.kind {
+        CatalogKind::Sql => Some(sql_row(&spec.catalog.value, cx).await?),
+        CatalogKind::Rest => None,
+    };
     let committer = IcebergCommitter {
         catalog,
+        sql,
         ident,
         name: name.clone(),
         keep_snapshots: spec.keep_snapshots.value.max(1),
@@ -235,19 +242,16 @@ async fn catalog(spec: &CatalogSpec, cx: &OpenContext<'_>) -> Result<Arc<dyn Cat
     let failed = |e: iceberg::Error| SinkError::Io(format!("catalog {uri}: {e}"));
     Ok(match spec.kind {
         CatalogKind::Sql => {
-            let (uri, style) = match uri.strip_prefix("sqlite:") {
-                Some(path) => {
-                    let path = path.trim_start_matches("//");
-                    let path = crate::pipeline::normalize(&cx.dir.join(path));
-                    if let Some(parent) = path.parent() {
-                        std::fs::create_dir_all(parent).map_err(|e| {
-                            SinkError::Io(format!("cannot create {}: {e}", parent.display()))
-                        })?;
-                    }
-                    (format!("sqlite:{}?mode=rwc", path.display()), "QMark")
+            if let Some(path) = uri.strip_prefix("sqlite:") {
+                let path = crate::pipeline::normalize(&cx.dir.join(path.trim_start_matches("//")));
+                if let Some(parent) = path.parent() {
+                    std::fs::create_dir_all(parent).map_err(|e| {
+                        SinkError::Io(format!("cannot create {}: {e}", parent.display()))
+                    })?;
                 }
-                None => (uri.clone(), "DollarNumeric"),
-            };
+            }
+            let (uri, dollar) = sql_uri(uri, cx.dir);
+            let style = if dollar { "DollarNumeric" } else { "QMark" };
             let warehouse = spec.warehouse.as_ref().map_or("", |w| w.value.as_str());
             props.insert("uri".into(), uri);
             props.insert("warehouse".into(), warehouse_url(warehouse, cx)?);
@@ -271,6 +275,32 @@ async fn catalog(spec: &CatalogSpec, cx: &OpenContext<'_>) -> Result<Arc<dyn Cat
                 .map_err(failed)?;
             Arc::new(catalog)
         }
+    })
+}
+
+/// The SQL catalog's database URI, as sqlx takes it, and whether it numbers parameters.
+fn sql_uri(uri: &str, dir: &std::path::Path) -> (String, bool) {
+    match uri.strip_prefix("sqlite:") {
+        Some(path) => {
+            let path = crate::pipeline::normalize(&dir.join(path.trim_start_matches("//")));
+            (format!("sqlite:{}?mode=rwc", path.display()), false)
+        }
+        None => (uri.to_string(), true),
+    }
+}
+
+async fn sql_row(spec: &CatalogSpec, cx: &OpenContext<'_>) -> Result<SqlRow, SinkError> {
+    let (uri, dollar) = sql_uri(&spec.uri.value, cx.dir);
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::any::AnyPoolOptions::new()
+        .max_connections(1)
+        .connect(&uri)
+        .await
+        .map_err(|e| SinkError::Io(format!("catalog {}: {e}", spec.uri.value)))?;
+    Ok(SqlRow {
+        pool,
+        dollar,
+        catalog: spec.name.value.clone(),
     })
 }
 
@@ -531,9 +561,24 @@ impl IcebergSink {
     }
 }
 
+/// Manifests in the current snapshot at which they are merged into one.
+const MERGE_AT: usize = 16;
+
+/// A SQL catalog's table row, for a commit the crate has no action for (merging manifests):
+/// Weir writes the new metadata file itself and swaps the row's location, as the catalog does.
+struct SqlRow {
+    pool: sqlx::AnyPool,
+    /// Postgres numbers its parameters (`$1`); SQLite takes `?`.
+    dollar: bool,
+    /// The catalog's name, the first column of the row's key.
+    catalog: String,
+}
+
 /// Commits an Iceberg sink's checkpoints.
 pub struct IcebergCommitter {
     catalog: Arc<dyn Catalog>,
+    /// The SQL catalog's row, for merging manifests (`None`: a REST catalog).
+    sql: Option<SqlRow>,
     ident: TableIdent,
     /// `namespace.name`, for messages.
     name: String,
@@ -589,6 +634,7 @@ impl IcebergCommitter {
             attempt += 1;
             match self.try_commit(manifest, &commit).await {
                 Ok(table) => {
+                    let table = self.merge_manifests(table).await?;
                     self.expire(table).await?;
                     return Ok(());
                 }
@@ -648,6 +694,185 @@ impl IcebergCommitter {
             .commit(self.catalog.as_ref())
             .await
             .map_err(iceberg_error(format!("committing to {}", self.name)))?;
+        Ok(Some(table))
+    }
+
+    /// Once the current snapshot has [`MERGE_AT`] manifests (one per commit), writes one manifest
+    /// holding all their live files and commits a `replace` snapshot that uses it alone, so the
+    /// manifest list a commit reads and writes stays short. (SQL catalogs; a REST catalog keeps
+    /// its manifests.) A conflict leaves the table as it was: the next commit tries again.
+    async fn merge_manifests(&self, table: Option<Table>) -> Result<Option<Table>, SinkError> {
+        use iceberg::spec::{
+            FormatVersion, MAIN_BRANCH, ManifestContentType, ManifestListWriter, ManifestStatus,
+            ManifestWriterBuilder, Operation, Snapshot, SnapshotReference, SnapshotRetention,
+            Summary,
+        };
+        let (Some(table), Some(sql)) = (table, &self.sql) else {
+            return Ok(None);
+        };
+        let failed = |what: &'static str| {
+            move |e: iceberg::Error| SinkError::Io(format!("merging manifests: {what}: {e}"))
+        };
+        let metadata = table.metadata();
+        let Some(current) = metadata.current_snapshot() else {
+            return Ok(Some(table));
+        };
+        let io = table.file_io();
+        let list_bytes = io
+            .new_input(current.manifest_list())
+            .map_err(failed("the manifest list"))?
+            .read()
+            .await
+            .map_err(failed("reading the manifest list"))?;
+        let list = iceberg::spec::ManifestList::parse_with_version(&list_bytes, FormatVersion::V2)
+            .map_err(failed("reading the manifest list"))?;
+        if list.entries().len() < MERGE_AT
+            || list
+                .entries()
+                .iter()
+                .any(|m| m.content != ManifestContentType::Data)
+        {
+            return Ok(Some(table));
+        }
+        let snapshot_id = metadata
+            .snapshots()
+            .map(|s| s.snapshot_id())
+            .max()
+            .unwrap_or(0)
+            .max(crate::plugin::now_ms())
+            + 1;
+        let sequence = metadata.last_sequence_number() + 1;
+        let location = metadata.location().trim_end_matches('/');
+        let manifest_path = format!("{location}/metadata/weir-merge-{snapshot_id}-m0.avro");
+        let mut writer = ManifestWriterBuilder::new(
+            io.new_output(&manifest_path)
+                .map_err(failed("the manifest"))?,
+            Some(snapshot_id),
+            metadata.current_schema().clone(),
+            metadata.default_partition_spec().as_ref().clone(),
+        )
+        .build_v2_data();
+        for manifest in list.entries() {
+            let entries = manifest
+                .load_manifest(io)
+                .await
+                .map_err(failed("reading a manifest"))?;
+            for entry in entries.entries() {
+                if entry.status() == ManifestStatus::Deleted {
+                    continue;
+                }
+                writer
+                    .add_existing_file(
+                        entry.data_file().clone(),
+                        entry.snapshot_id().unwrap_or(current.snapshot_id()),
+                        entry.sequence_number().unwrap_or(current.sequence_number()),
+                        entry.file_sequence_number,
+                    )
+                    .map_err(failed("writing the manifest"))?;
+            }
+        }
+        let merged = writer
+            .write_manifest_file()
+            .await
+            .map_err(failed("writing the manifest"))?;
+        let list_path = format!("{location}/metadata/snap-{snapshot_id}-weir-merge.avro");
+        let mut list_writer = ManifestListWriter::v2(
+            io.new_output(&list_path)
+                .map_err(failed("the manifest list"))?
+                .writer()
+                .await
+                .map_err(failed("the manifest list"))?,
+            snapshot_id,
+            Some(current.snapshot_id()),
+            sequence,
+        );
+        list_writer
+            .add_manifests(std::iter::once(merged))
+            .map_err(failed("writing the manifest list"))?;
+        list_writer
+            .close()
+            .await
+            .map_err(failed("writing the manifest list"))?;
+        let mut properties: HashMap<String, String> = current
+            .summary()
+            .additional_properties
+            .iter()
+            .filter(|(k, _)| k.starts_with("total-"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        properties.insert("weir.maintenance".into(), "merge-manifests".into());
+        let snapshot = Snapshot::builder()
+            .with_snapshot_id(snapshot_id)
+            .with_parent_snapshot_id(Some(current.snapshot_id()))
+            .with_sequence_number(sequence)
+            .with_timestamp_ms(crate::plugin::now_ms().max(current.timestamp_ms()))
+            .with_manifest_list(list_path)
+            .with_schema_id(metadata.current_schema_id())
+            .with_summary(Summary {
+                operation: Operation::Replace,
+                additional_properties: properties,
+            })
+            .build();
+        let current_location = table
+            .metadata_location()
+            .ok_or_else(|| SinkError::Internal("a loaded table has no metadata location".into()))?
+            .to_string();
+        let mut builder = metadata
+            .clone()
+            .into_builder(Some(current_location.clone()));
+        for update in [
+            iceberg::TableUpdate::AddSnapshot { snapshot },
+            iceberg::TableUpdate::SetSnapshotRef {
+                ref_name: MAIN_BRANCH.to_string(),
+                reference: SnapshotReference::new(
+                    snapshot_id,
+                    SnapshotRetention::branch(None, None, None),
+                ),
+            },
+        ] {
+            builder = update.apply(builder).map_err(failed("the new snapshot"))?;
+        }
+        let new_metadata = builder
+            .build()
+            .map_err(failed("the new metadata"))?
+            .metadata;
+        let new_location = iceberg::MetadataLocation::from_str(&current_location)
+            .map_err(failed("the metadata location"))?
+            .with_next_version()
+            .with_new_metadata(&new_metadata);
+        new_metadata
+            .write_to(io, &new_location)
+            .await
+            .map_err(failed("writing the metadata"))?;
+        let new_location = new_location.to_string();
+        let query = if sql.dollar {
+            "UPDATE iceberg_tables SET metadata_location = $1, previous_metadata_location = $2 \
+             WHERE catalog_name = $3 AND table_namespace = $4 AND table_name = $5 AND metadata_location = $6"
+        } else {
+            "UPDATE iceberg_tables SET metadata_location = ?, previous_metadata_location = ? \
+             WHERE catalog_name = ? AND table_namespace = ? AND table_name = ? AND metadata_location = ?"
+        };
+        let swapped = sqlx::query(query)
+            .bind(new_location.clone())
+            .bind(current_location.clone())
+            .bind(sql.catalog.clone())
+            .bind(self.ident.namespace().join("."))
+            .bind(self.ident.name().to_string())
+            .bind(current_location)
+            .execute(&sql.pool)
+            .await
+            .map_err(|e| SinkError::Io(format!("merging manifests: the catalog row: {e}")))?
+            .rows_affected();
+        if swapped == 0 {
+            tracing::info!(table = %self.name, "manifest merge lost a race; the next commit retries");
+            return Ok(None);
+        }
+        tracing::debug!(table = %self.name, manifests = list.entries().len(), "merged manifests");
+        let table = self
+            .catalog
+            .load_table(&self.ident)
+            .await
+            .map_err(iceberg_error(format!("loading table {}", self.name)))?;
         Ok(Some(table))
     }
 
