@@ -37,19 +37,23 @@ const COLUMNS: &str = "
         - { name: kafka_ts, type: timestamp_ms, meta: timestamp }
         - { name: raw_bytes, type: binary, meta: value }";
 
-/// The bronze pipeline: `count` generated trades (at `rate` per second, if set).
-fn bronze_yaml(count: u64, rate: Option<u64>, interval: &str) -> String {
+/// The bronze pipeline: `count` generated trades (at `rate` per second, if set), or with
+/// `kafka` (a bootstrap address) the topic `bench.trades` read by the Kafka source.
+fn bronze_yaml(count: u64, rate: Option<u64>, interval: &str, kafka: Option<&str>) -> String {
     let rate = rate.map_or(String::new(), |r| {
         format!("\n    rate_per_sec: {r}\n    events_per_sec: {r}")
     });
+    let source = match kafka {
+        Some(bootstrap) => format!(
+            "  kafka:\n    bootstrap_servers: {bootstrap}\n    topics: [bench.trades]\n    group_id: iceberg-bench\n    properties:\n      session.timeout.ms: \"2000\"\n      heartbeat.interval.ms: \"500\""
+        ),
+        None => format!("  generator:\n    count: {count}\n    format: binance\n    seed: 7{rate}"),
+    };
     format!(
         "version: 1
 name: iceberg-bench
 source:
-  generator:
-    count: {count}
-    format: binance
-    seed: 7{rate}
+{source}
 sinks:
   - name: lake
     input: source
@@ -66,10 +70,10 @@ checkpoint:
 
 /// Runs the pipeline in `dir` to its end; returns (records/s, latency percentiles, bytes,
 /// checkpoints).
-fn weir(dir: &Path, count: u64, rate: Option<u64>) -> String {
+fn weir(dir: &Path, count: u64, rate: Option<u64>, kafka: Option<&str>) -> String {
     let interval = std::env::var("WEIR_BENCH_INTERVAL").unwrap_or_else(|_| "2s".into());
     let file = dir.join("bench.yaml");
-    std::fs::write(&file, bronze_yaml(count, rate, &interval)).unwrap();
+    std::fs::write(&file, bronze_yaml(count, rate, &interval, kafka)).unwrap();
     let host = PluginHost::new(PluginHost::default_cache_dir()).unwrap();
     let pipeline = pipeline::load(&file, &host).unwrap_or_else(|e| panic!("{e}"));
     let metrics = Arc::new(Metrics::for_pipeline(&pipeline));
@@ -79,10 +83,17 @@ fn weir(dir: &Path, count: u64, rate: Option<u64>) -> String {
         .unwrap();
     let started = Instant::now();
     let started_ms = chrono::Utc::now().timestamp_millis();
+    // A Kafka source never ends: the run stops once every record is written.
+    let watch = metrics.clone();
+    let done = async move {
+        while watch.records_written() < count {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    };
     let summary = rt
         .block_on(runtime::run(
             pipeline,
-            std::future::pending(),
+            done,
             RunOptions {
                 progress: false,
                 metrics: Some(metrics),
@@ -133,7 +144,10 @@ async fn snapshot_times(dir: &Path) -> Vec<(i64, i64)> {
         .snapshots()
         .filter_map(|s| {
             let offsets = s.summary().additional_properties.get("weir.offsets")?;
-            let n = offsets.rsplit(':').next()?.parse().ok()?;
+            let n: i64 = offsets
+                .split(',')
+                .filter_map(|o| o.rsplit(':').next()?.parse::<i64>().ok())
+                .sum();
             Some((n, s.timestamp_ms()))
         })
         .collect();
@@ -149,7 +163,7 @@ fn visible_latencies(dir: &Path, started_ms: i64, snapshots: &[(i64, i64)]) -> V
     for entry in std::fs::read_dir(folder).unwrap() {
         let manifest: Manifest =
             serde_json::from_slice(&std::fs::read(entry.unwrap().path()).unwrap()).unwrap();
-        let n = manifest.offsets.first().map_or(0, |o| o.offset);
+        let n: i64 = manifest.offsets.iter().map(|o| o.offset).sum();
         barriers.push((n, manifest.started_ms));
     }
     barriers.sort_unstable();
@@ -432,14 +446,22 @@ fn main() {
     if let [mode] = args.as_slice() {
         let dir = tempfile::tempdir().unwrap();
         let line = match mode.as_str() {
-            "max" => weir(dir.path(), count, None),
-            "fixed" => weir(dir.path(), 10_000 * seconds, Some(10_000)),
+            "max" => weir(dir.path(), count, None, None),
+            "fixed" => weir(dir.path(), 10_000 * seconds, Some(10_000), None),
             "native" => native(dir.path(), count),
             "commits-weir" => commits(dir.path(), env_or("WEIR_BENCH_COMMITS", 1000), "weir"),
             "commits-crate" => commits(dir.path(), env_or("WEIR_BENCH_COMMITS", 1000), "crate"),
             other => panic!("unknown mode {other}"),
         };
         println!("{line}");
+        return;
+    }
+    if let [mode, bootstrap] = args.as_slice()
+        && mode == "kafka"
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let n: u64 = env_or("WEIR_BENCH_KAFKA_RECORDS", 1_000_000);
+        println!("{}", weir(dir.path(), n, None, Some(bootstrap)));
         return;
     }
     let me = std::env::current_exe().unwrap();
@@ -504,4 +526,36 @@ fn main() {
             v[6]
         );
     }
+    // Broker → Iceberg: a topic of 3 partitions filled by `weir gen` (tansu, memory storage).
+    let n: u64 = env_or("WEIR_BENCH_KAFKA_RECORDS", 1_000_000);
+    let (pid, bootstrap) = common::start_broker();
+    common::fill(&bootstrap, n);
+    let out = Command::new(&me)
+        .args(["kafka", bootstrap.as_str()])
+        .output()
+        .unwrap();
+    let _ = Command::new(common::repo().join("tests/services.sh"))
+        .args(["stop", &pid])
+        .status();
+    assert!(
+        out.status.success(),
+        "kafka failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = String::from_utf8_lossy(&out.stdout);
+    let v: Vec<f64> = line
+        .split_whitespace()
+        .map(|x| x.parse().unwrap())
+        .collect();
+    println!(
+        "{:<44} {:>10.0} {:>9.0} {:>9.0} {:>9.0} {:>10.1} {:>6.0} {:>5.0} MiB",
+        format!("weir: tansu → iceberg ({n} records)"),
+        v[0],
+        v[1],
+        v[2],
+        v[3],
+        v[4] / 1e6,
+        v[5],
+        v[6]
+    );
 }

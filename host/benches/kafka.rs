@@ -19,7 +19,7 @@
 
 mod common;
 
-use common::{peak_rss_mib, repo};
+use common::{TOPIC, fill, peak_rss_mib, repo, start_broker};
 use std::{
     process::Command,
     sync::Arc,
@@ -31,16 +31,11 @@ use rdkafka::{
     consumer::{BaseConsumer, Consumer},
 };
 use weir::{
-    datagen,
-    pipeline::{
-        self,
-        spec::{GeneratorFormat, KafkaSinkSpec, unspanned},
-    },
+    pipeline,
     plugin::PluginHost,
     runtime::{self, RunOptions, progress::Metrics},
 };
 
-const TOPIC: &str = "bench.trades";
 const BLOCK: u64 = 10_000;
 
 fn records() -> u64 {
@@ -199,50 +194,6 @@ source:
         watcher.await.unwrap()
     });
     clock.line(n)
-}
-
-/// Starts a broker with the project's services script; returns its PID and address.
-fn start_broker() -> (String, String) {
-    let out = Command::new(repo().join("tests/services.sh"))
-        .args(["start", "kafka"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "tests/services.sh start kafka failed (run `tests/services.sh install` first):\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
-    let (pid, bootstrap) = text.trim().split_once(' ').unwrap();
-    (pid.to_string(), bootstrap.to_string())
-}
-
-fn fill(bootstrap: &str, n: u64) {
-    let spec = datagen::spec(
-        GeneratorFormat::Binance,
-        Some(n),
-        None,
-        42,
-        Some(1_767_225_600_000),
-        Some(1000),
-        None,
-    );
-    let output = datagen::Output::Kafka {
-        sink: Box::new(KafkaSinkSpec {
-            bootstrap_servers: unspanned(bootstrap.to_string()),
-            topic: unspanned(TOPIC.to_string()),
-            properties: unspanned(Default::default()),
-        }),
-        partitions: 3,
-    };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let summary = rt
-        .block_on(datagen::run(&spec, output, false, std::future::pending()))
-        .unwrap();
-    eprintln!("filled {TOPIC}: {summary}");
 }
 
 fn main() {

@@ -2,7 +2,12 @@
 //! Each benchmark program uses part of it.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::{path::PathBuf, process::Command};
+
+use weir::{
+    datagen,
+    pipeline::spec::{GeneratorFormat, KafkaSinkSpec, unspanned},
+};
 
 /// The repository's root.
 pub fn repo() -> PathBuf {
@@ -20,4 +25,51 @@ pub fn peak_rss_mib() -> f64 {
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// The topic the broker benchmarks read.
+pub const TOPIC: &str = "bench.trades";
+
+/// Starts a broker with the project's services script; returns its PID and address.
+pub fn start_broker() -> (String, String) {
+    let out = Command::new(repo().join("tests/services.sh"))
+        .args(["start", "kafka"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "tests/services.sh start kafka failed (run `tests/services.sh install` first):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (pid, bootstrap) = text.trim().split_once(' ').unwrap();
+    (pid.to_string(), bootstrap.to_string())
+}
+
+pub fn fill(bootstrap: &str, n: u64) {
+    let spec = datagen::spec(
+        GeneratorFormat::Binance,
+        Some(n),
+        None,
+        42,
+        Some(1_767_225_600_000),
+        Some(1000),
+        None,
+    );
+    let output = datagen::Output::Kafka {
+        sink: Box::new(KafkaSinkSpec {
+            bootstrap_servers: unspanned(bootstrap.to_string()),
+            topic: unspanned(TOPIC.to_string()),
+            properties: unspanned(Default::default()),
+        }),
+        partitions: 3,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let summary = rt
+        .block_on(datagen::run(&spec, output, false, std::future::pending()))
+        .unwrap();
+    eprintln!("filled {TOPIC}: {summary}");
 }
