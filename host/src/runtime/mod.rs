@@ -359,7 +359,9 @@ pub async fn run(
     coordinated?;
     chain_result?;
     source_result?;
-    Ok(metrics.summary(locations))
+    let mut summary = metrics.summary(locations);
+    summary.resumed_after = (last_id > 0).then_some(last_id);
+    Ok(summary)
 }
 
 /// The stage chain: runs every batch through the stages and routes what comes out.

@@ -54,6 +54,8 @@ pub struct Summary {
     pub checkpoint_times: (Duration, Duration),
     /// Files and bytes they committed.
     pub committed: (u64, u64),
+    /// The checkpoint of an earlier run this one went on from (its source positions).
+    pub resumed_after: Option<u64>,
 }
 
 impl Metrics {
@@ -172,6 +174,7 @@ impl Metrics {
                 self.checkpoint_files.load(Relaxed),
                 self.checkpoint_bytes.load(Relaxed),
             ),
+            resumed_after: None,
         }
     }
 }
@@ -224,6 +227,12 @@ impl std::fmt::Display for Summary {
             secs,
             thousands((self.records_in as f64 / secs.max(1e-9)) as u64)
         )?;
+        if let Some(id) = self.resumed_after {
+            writeln!(
+                f,
+                "  resumed after checkpoint {id} of an earlier run (its manifest is in the checkpoint store)"
+            )?;
+        }
         for (name, i, o) in &self.stages {
             writeln!(
                 f,
