@@ -115,10 +115,10 @@ fn weir(dir: &Path, count: u64, rate: Option<u64>, kafka: Option<&str>) -> Strin
     )
 }
 
-/// (records committed so far, commit time in ms) of every snapshot, oldest first.
-async fn snapshot_times(dir: &Path) -> Vec<(i64, i64)> {
-    use iceberg::{Catalog, CatalogBuilder, TableIdent};
-    let catalog = iceberg_catalog_sql::SqlCatalogBuilder::default()
+/// The SQLite catalog of a benchmark run in `dir`, read independently of Weir's sink.
+async fn local_catalog(dir: &Path) -> iceberg_catalog_sql::SqlCatalog {
+    use iceberg::CatalogBuilder;
+    iceberg_catalog_sql::SqlCatalogBuilder::default()
         .with_storage_factory(Arc::new(iceberg::io::LocalFsStorageFactory))
         .load(
             "weir",
@@ -136,7 +136,13 @@ async fn snapshot_times(dir: &Path) -> Vec<(i64, i64)> {
             .into(),
         )
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// (records committed so far, commit time in ms) of every snapshot, oldest first.
+async fn snapshot_times(dir: &Path) -> Vec<(i64, i64)> {
+    use iceberg::{Catalog, TableIdent};
+    let catalog = local_catalog(dir).await;
     let ident = TableIdent::from_strs(["bench", "bronze"]).unwrap();
     let table = catalog.load_table(&ident).await.unwrap();
     let mut times: Vec<(i64, i64)> = table
@@ -390,28 +396,10 @@ sinks:
 /// Appends the files of a pending commit with the crate's defaults (duplicate check on).
 async fn crate_default_commit(dir: &Path, commit: &serde_json::Value) {
     use iceberg::{
-        Catalog, CatalogBuilder, TableIdent,
+        Catalog, TableIdent,
         transaction::{ApplyTransactionAction, Transaction},
     };
-    let catalog = iceberg_catalog_sql::SqlCatalogBuilder::default()
-        .with_storage_factory(Arc::new(iceberg::io::LocalFsStorageFactory))
-        .load(
-            "weir",
-            [
-                (
-                    "uri".to_string(),
-                    format!("sqlite:{}?mode=rwc", dir.join("catalog.db").display()),
-                ),
-                (
-                    "warehouse".to_string(),
-                    format!("file://{}", dir.join("warehouse").display()),
-                ),
-                ("sql_bind_style".to_string(), "QMark".to_string()),
-            ]
-            .into(),
-        )
-        .await
-        .unwrap();
+    let catalog = local_catalog(dir).await;
     let table = catalog
         .load_table(&TableIdent::from_strs(["bench", "commits"]).unwrap())
         .await

@@ -18,21 +18,14 @@ use std::collections::BTreeMap;
 use object_store::{ObjectStoreExt, PutPayload, path::Path as ObjectPath};
 use parquet::{
     arrow::{AsyncArrowWriter, async_writer::ParquetObjectWriter},
-    basic::{Compression as Codec, ZstdLevel},
     file::properties::WriterProperties,
 };
 use serde::{Deserialize, Serialize};
 
 use super::{Rejected, SinkError, rows::RowEncoder};
 use crate::{
-    checkpoint::Pending,
-    pipeline::spec::{Compression, ParquetSinkSpec},
-    record::Batch,
-    storage::Location,
+    checkpoint::Pending, pipeline::spec::ParquetSinkSpec, record::Batch, storage::Location,
 };
-
-/// Rows per row group: bounds the memory a file in progress holds.
-const ROW_GROUP_ROWS: usize = 128 * 1024;
 
 /// Default size at which a file is finished.
 const DEFAULT_MAX_FILE_BYTES: u64 = 128 << 20;
@@ -104,18 +97,7 @@ impl ParquetSink {
         run: &str,
         epoch: u64,
     ) -> ParquetSink {
-        let codec = match spec.compression {
-            Compression::Zstd => {
-                Codec::ZSTD(ZstdLevel::try_new(1).expect("1 is a valid zstd level"))
-            }
-            Compression::Snappy => Codec::SNAPPY,
-            Compression::None => Codec::UNCOMPRESSED,
-        };
-        let props = WriterProperties::builder()
-            .set_compression(codec)
-            .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
-            .set_created_by(format!("weir {}", env!("CARGO_PKG_VERSION")))
-            .build();
+        let props = super::rows::writer_properties(spec.compression);
         ParquetSink {
             location,
             rows: RowEncoder::new(&spec.schema.value),

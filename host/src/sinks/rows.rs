@@ -20,6 +20,28 @@ use crate::{
     record::Batch,
 };
 
+/// Rows per row group: bounds the memory a file in progress holds.
+const ROW_GROUP_ROWS: usize = 128 * 1024;
+
+/// Parquet writer settings of the sinks that write columns: the codec (zstd at level 1 by
+/// default), row groups of [`ROW_GROUP_ROWS`], and Weir as the writer.
+pub fn writer_properties(
+    compression: crate::pipeline::spec::Compression,
+) -> parquet::file::properties::WriterProperties {
+    use crate::pipeline::spec::Compression;
+    use parquet::basic::{Compression as Codec, ZstdLevel};
+    let codec = match compression {
+        Compression::Zstd => Codec::ZSTD(ZstdLevel::try_new(1).expect("1 is a valid zstd level")),
+        Compression::Snappy => Codec::SNAPPY,
+        Compression::None => Codec::UNCOMPRESSED,
+    };
+    parquet::file::properties::WriterProperties::builder()
+        .set_compression(codec)
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+        .set_created_by(format!("weir {}", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
 /// Turns records into rows of a fixed set of columns.
 pub struct RowEncoder {
     /// The schema as the JSON is read (field names as in the records): the columns that are not

@@ -47,10 +47,7 @@ use iceberg::{
     },
 };
 use object_store::ObjectStoreExt;
-use parquet::{
-    basic::{Compression as Codec, ZstdLevel},
-    file::properties::WriterProperties,
-};
+use parquet::file::properties::WriterProperties;
 use serde::{Deserialize, Serialize};
 
 use super::{OpenContext, Rejected, SinkError, rows::RowEncoder};
@@ -62,9 +59,6 @@ use crate::{
 
 /// Default size at which a data file is finished.
 const DEFAULT_TARGET_FILE_BYTES: u64 = 128 << 20;
-
-/// Rows per row group: bounds the memory a file in progress holds.
-const ROW_GROUP_ROWS: usize = 128 * 1024;
 
 /// Snapshot summary keys.
 const PIPELINE_KEY: &str = "weir.pipeline";
@@ -191,16 +185,7 @@ pub async fn open(
             .map_err(iceberg_error("the table's partition spec"))?,
         )
     };
-    let codec = match spec.compression {
-        Compression::Zstd => Codec::ZSTD(ZstdLevel::try_new(1).expect("1 is a valid zstd level")),
-        Compression::Snappy => Codec::SNAPPY,
-        Compression::None => Codec::UNCOMPRESSED,
-    };
-    let props = WriterProperties::builder()
-        .set_compression(codec)
-        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
-        .set_created_by(format!("weir {}", env!("CARGO_PKG_VERSION")))
-        .build();
+    let props = super::rows::writer_properties(spec.compression);
     let sql = match spec.catalog.value.kind {
         CatalogKind::Sql => Some(sql_row(&spec.catalog.value, cx).await?),
         CatalogKind::Rest => None,
