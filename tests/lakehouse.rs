@@ -183,7 +183,7 @@ fn referenced_files(s3: &S3, catalog: &[String], table: &str) -> Value {
     serde_json::from_str(&support::iceberg_tool(Some(s3), &args)).unwrap()
 }
 
-/// Object keys under `s3://weir/PREFIX`, read with DuckDB-independent pyarrow.
+/// Object keys under `s3://weir/PREFIX`, listed by pyarrow.
 fn list_objects(s3: &S3, prefix: &str) -> Vec<String> {
     let out = support::iceberg_tool(Some(s3), &["ls", "--s3-endpoint", &s3.endpoint, prefix]);
     out.lines().map(str::to_string).collect()

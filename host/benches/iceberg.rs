@@ -14,7 +14,7 @@
 mod common;
 
 use common::peak_rss_mib;
-use std::{path::Path, process::Command, sync::Arc, time::Instant};
+use std::{path::Path, sync::Arc, time::Instant};
 
 use weir::{
     checkpoint::Manifest,
@@ -452,7 +452,6 @@ fn main() {
         println!("{}", weir(dir.path(), n, None, Some(bootstrap)));
         return;
     }
-    let me = std::env::current_exe().unwrap();
     println!(
         "generator (Binance trades) → Iceberg bronze table (SQLite catalog, local warehouse, zstd), checkpoint every {}\n",
         std::env::var("WEIR_BENCH_INTERVAL").unwrap_or_else(|_| "2s".into())
@@ -469,20 +468,12 @@ fn main() {
         ),
         (
             "commits-weir",
-            "weir (checkpoint id as the key, expiry past 100)",
+            "weir (checkpoint id as key, expiry, manifest merging)",
         ),
     ] {
-        let out = Command::new(&me).arg(mode).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{mode} failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let line = String::from_utf8_lossy(&out.stdout);
-        let cells: Vec<&str> = line.split_whitespace().collect();
-        let figures: Vec<String> = cells
+        let figures: Vec<String> = common::child(&[mode])
             .chunks(2)
-            .map(|c| format!("{} snapshots: {} ms", c[0], c[1]))
+            .map(|c| format!("{} snapshots: {:.1} ms", c[0], c[1]))
             .collect();
         println!("  {label:<50} {}", figures.join(", "));
     }
@@ -492,52 +483,21 @@ fn main() {
         ("max", "weir: generator → iceberg, maximum rate"),
         ("fixed", "weir: generator → iceberg, 10,000/s"),
     ] {
-        let out = Command::new(&me).arg(mode).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{mode} failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let line = String::from_utf8_lossy(&out.stdout);
-        let v: Vec<f64> = line
-            .split_whitespace()
-            .map(|x| x.parse().unwrap())
-            .collect();
-        println!(
-            "{label:<44} {:>10.0} {:>9.0} {:>9.0} {:>9.0} {:>10.1} {:>6.0} {:>5.0} MiB",
-            v[0],
-            v[1],
-            v[2],
-            v[3],
-            v[4] / 1e6,
-            v[5],
-            v[6]
-        );
+        print_row(label, &common::child(&[mode]));
     }
     // Broker → Iceberg: a topic of 3 partitions filled by `weir gen` (tansu, memory storage).
     let n: u64 = env_or("WEIR_BENCH_KAFKA_RECORDS", 1_000_000);
     let (pid, bootstrap) = common::start_broker();
     common::fill(&bootstrap, n);
-    let out = Command::new(&me)
-        .args(["kafka", bootstrap.as_str()])
-        .output()
-        .unwrap();
-    let _ = Command::new(common::repo().join("tests/services.sh"))
-        .args(["stop", &pid])
-        .status();
-    assert!(
-        out.status.success(),
-        "kafka failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let line = String::from_utf8_lossy(&out.stdout);
-    let v: Vec<f64> = line
-        .split_whitespace()
-        .map(|x| x.parse().unwrap())
-        .collect();
+    let figures = common::child(&["kafka", bootstrap.as_str()]);
+    common::stop_broker(&pid);
+    print_row(&format!("weir: tansu → iceberg ({n} records)"), &figures);
+}
+
+/// One row of the table: records/s, latency percentiles, MB, checkpoints, peak RSS.
+fn print_row(label: &str, v: &[f64]) {
     println!(
-        "{:<44} {:>10.0} {:>9.0} {:>9.0} {:>9.0} {:>10.1} {:>6.0} {:>5.0} MiB",
-        format!("weir: tansu → iceberg ({n} records)"),
+        "{label:<44} {:>10.0} {:>9.0} {:>9.0} {:>9.0} {:>10.1} {:>6.0} {:>5.0} MiB",
         v[0],
         v[1],
         v[2],

@@ -19,9 +19,8 @@
 
 mod common;
 
-use common::{TOPIC, fill, peak_rss_mib, repo, start_broker};
+use common::{TOPIC, child, fill, peak_rss_mib, repo, start_broker, stop_broker};
 use std::{
-    process::Command,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -218,7 +217,6 @@ fn main() {
         .unwrap_or(3);
     let (pid, bootstrap) = start_broker();
     fill(&bootstrap, n);
-    let me = std::env::current_exe().unwrap();
     println!(
         "{n} Binance trades on a 3-partition topic (tansu, memory storage), read completely per run\n"
     );
@@ -230,20 +228,7 @@ fn main() {
     for round in 0..rounds {
         for (i, mode) in ["plain", "weir", "weir-no-stage"].iter().enumerate() {
             let group = format!("bench-{mode}-{round}-{}", std::process::id());
-            let out = Command::new(&me)
-                .args([mode, bootstrap.as_str(), group.as_str()])
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{mode} failed:\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let line = String::from_utf8_lossy(&out.stdout);
-            let v: Vec<f64> = line
-                .split_whitespace()
-                .map(|x| x.parse().unwrap())
-                .collect();
+            let v = child(&[mode, bootstrap.as_str(), group.as_str()]);
             rates[i].push(v[1]);
             let label = match *mode {
                 "plain" => "plain rdkafka consumer",
@@ -270,7 +255,5 @@ fn main() {
         100.0 * w / p,
         100.0 * s / p
     );
-    let _ = Command::new(repo().join("tests/services.sh"))
-        .args(["stop", &pid])
-        .status();
+    stop_broker(&pid);
 }

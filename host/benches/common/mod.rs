@@ -73,3 +73,26 @@ pub fn fill(bootstrap: &str, n: u64) {
         .unwrap();
     eprintln!("filled {TOPIC}: {summary}");
 }
+
+/// Stops a broker started by [`start_broker`].
+pub fn stop_broker(pid: &str) {
+    let _ = Command::new(repo().join("tests/services.sh"))
+        .args(["stop", pid])
+        .status();
+}
+
+/// Runs this benchmark program again with `args` (one mode in a process of its own, so its peak
+/// RSS is its own) and returns the figures it printed, as numbers.
+pub fn child(args: &[&str]) -> Vec<f64> {
+    let me = std::env::current_exe().unwrap();
+    let out = Command::new(me).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(|x| x.parse().unwrap())
+        .collect()
+}
