@@ -7,8 +7,9 @@
 //!
 //! The common case, an object that has none of those fields yet, is handled without building a
 //! tree: one validating pass over the value (see [`scan`]; no allocation), then the fields are
-//! written before its closing brace. An object that already has one of the fields is rebuilt with the field
-//! replaced, so the output never holds a key twice.
+//! written before its closing brace. An object that already has one of the fields keeps its
+//! other members' text as it was, and gets the fields written after them, so the output never
+//! holds a key twice and every number and string keeps its exact text.
 
 mod scan;
 
@@ -49,43 +50,44 @@ impl Stage for Enrich {
         let shape = scan::scan_object(record.value, &FIELDS)
             .map_err(|e| format!("value is not a JSON object: {e}"))?;
         if shape.has_reserved_key {
-            let value = self.rebuild(cx, record)?;
-            out.emit(0, record.key, &value, record.timestamp_ms, record.headers);
+            let kept = scan::members_without(record.value, &FIELDS)
+                .expect("the value was scanned already");
+            out.emit_with(0, record.key, record.timestamp_ms, record.headers, |buf| {
+                buf.push(b'{');
+                for member in &kept {
+                    buf.extend_from_slice(&record.value[member.clone()]);
+                    buf.push(b',');
+                }
+                self.write_fields(cx, record, buf);
+            });
             return Ok(());
         }
         let body = trim_end(record.value);
         let inside = &body[..body.len() - 1];
         out.emit_with(0, record.key, record.timestamp_ms, record.headers, |buf| {
             buf.extend_from_slice(inside);
-            buf.extend_from_slice(if shape.is_empty { b"\"" } else { b",\"" });
-            buf.extend_from_slice(b"kafka_topic\":");
-            buf.extend_from_slice(&self.topic_json);
-            let mut n = itoa::Buffer::new();
-            buf.extend_from_slice(b",\"kafka_partition\":");
-            buf.extend_from_slice(n.format(cx.partition).as_bytes());
-            buf.extend_from_slice(b",\"kafka_offset\":");
-            buf.extend_from_slice(n.format(record.offset).as_bytes());
-            buf.extend_from_slice(b",\"kafka_timestamp\":");
-            buf.extend_from_slice(n.format(record.timestamp_ms).as_bytes());
-            buf.extend_from_slice(b",\"ingestion_timestamp\":");
-            buf.extend_from_slice(n.format(cx.processing_time_ms).as_bytes());
-            buf.push(b'}');
+            buf.extend_from_slice(if shape.is_empty { b"" } else { b"," });
+            self.write_fields(cx, record, buf);
         });
         Ok(())
     }
 }
 
 impl Enrich {
-    /// The slow path: parse into a map, overwrite the fields, serialise.
-    fn rebuild(&self, cx: &Context, record: &Record) -> Result<Vec<u8>, String> {
-        let mut object: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_slice(record.value).map_err(|e| format!("value is not JSON: {e}"))?;
-        object.insert(FIELDS[0].into(), cx.topic.into());
-        object.insert(FIELDS[1].into(), cx.partition.into());
-        object.insert(FIELDS[2].into(), record.offset.into());
-        object.insert(FIELDS[3].into(), record.timestamp_ms.into());
-        object.insert(FIELDS[4].into(), cx.processing_time_ms.into());
-        Ok(serde_json::to_vec(&object).expect("a JSON map always serialises"))
+    /// Writes the five fields and the closing brace.
+    fn write_fields(&self, cx: &Context, record: &Record, buf: &mut Vec<u8>) {
+        let mut n = itoa::Buffer::new();
+        buf.extend_from_slice(b"\"kafka_topic\":");
+        buf.extend_from_slice(&self.topic_json);
+        buf.extend_from_slice(b",\"kafka_partition\":");
+        buf.extend_from_slice(n.format(cx.partition).as_bytes());
+        buf.extend_from_slice(b",\"kafka_offset\":");
+        buf.extend_from_slice(n.format(record.offset).as_bytes());
+        buf.extend_from_slice(b",\"kafka_timestamp\":");
+        buf.extend_from_slice(n.format(record.timestamp_ms).as_bytes());
+        buf.extend_from_slice(b",\"ingestion_timestamp\":");
+        buf.extend_from_slice(n.format(cx.processing_time_ms).as_bytes());
+        buf.push(b'}');
     }
 }
 
@@ -148,6 +150,27 @@ mod tests {
         assert_eq!(out["kafka_offset"], 42);
         assert_eq!(out["a"], json!({"kafka_topic":1}));
         assert_eq!(out.as_object().unwrap().len(), 6);
+    }
+
+    #[test]
+    fn keeps_the_exact_text_of_what_it_does_not_replace() {
+        let mut stage = Enrich::init("{}").unwrap();
+        let mut out = Emitter::default();
+        let value = br#" {"kafka_topic" : 1, "n": 123456789012345678901234567890, "d":1.10 ,"s":"\ud83d\ude00"} "#;
+        let record = Record {
+            value,
+            offset: 7,
+            ..Record::default()
+        };
+        let cx = Context {
+            topic: "t",
+            ..Context::default()
+        };
+        stage.process(&cx, &record, &mut out).unwrap();
+        assert_eq!(
+            std::str::from_utf8(out.value(0)).unwrap(),
+            r#"{"n": 123456789012345678901234567890,"d":1.10,"s":"\ud83d\ude00","kafka_topic":"t","kafka_partition":0,"kafka_offset":7,"kafka_timestamp":0,"ingestion_timestamp":0}"#
+        );
     }
 
     #[test]

@@ -7,6 +7,8 @@
 //! byte table, numbers are checked against the grammar without being converted, and only
 //! top-level keys are compared. Nesting is limited to 128 levels, as in `serde_json`.
 
+use std::ops::Range;
+
 /// What the scan learnt about the object.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Shape {
@@ -89,10 +91,20 @@ impl<'a> Scanner<'a> {
                         }
                         Some(b'u') => {
                             self.pos += 1;
-                            for _ in 0..4 {
-                                match self.peek() {
-                                    Some(h) if h.is_ascii_hexdigit() => self.pos += 1,
-                                    _ => return self.error("invalid \\u escape"),
+                            let unit = self.hex4()?;
+                            if (0xDC00..0xE000).contains(&unit) {
+                                return self.error("lone trailing surrogate in \\u escape");
+                            }
+                            if (0xD800..0xDC00).contains(&unit) {
+                                let low = match self.bytes.get(self.pos..self.pos + 2) {
+                                    Some(b"\\u") => {
+                                        self.pos += 2;
+                                        self.hex4()?
+                                    }
+                                    _ => 0,
+                                };
+                                if !(0xDC00..0xE000).contains(&low) {
+                                    return self.error("lone leading surrogate in \\u escape");
                                 }
                             }
                         }
@@ -102,6 +114,22 @@ impl<'a> Scanner<'a> {
                 _ => return self.error("control character in string"),
             }
         }
+    }
+
+    /// Reads the four hex digits of a `\\u` escape as one UTF-16 code unit.
+    fn hex4(&mut self) -> Result<u16> {
+        let mut unit = 0u16;
+        for _ in 0..4 {
+            let digit = match self.peek() {
+                Some(h @ b'0'..=b'9') => h - b'0',
+                Some(h @ b'a'..=b'f') => h - b'a' + 10,
+                Some(h @ b'A'..=b'F') => h - b'A' + 10,
+                _ => return self.error("invalid \\u escape"),
+            };
+            unit = unit << 4 | u16::from(digit);
+            self.pos += 1;
+        }
+        Ok(unit)
     }
 
     fn digits(&mut self) -> usize {
@@ -153,7 +181,7 @@ impl<'a> Scanner<'a> {
     fn value(&mut self, depth: u32) -> Result<()> {
         match self.peek() {
             Some(b'"') => self.string().map(|_| ()),
-            Some(b'{') => self.object(depth + 1, |_| ()).map(|_| ()),
+            Some(b'{') => self.object(depth + 1, |_, _| ()).map(|_| ()),
             Some(b'[') => self.array(depth + 1),
             Some(b't') => self.literal(b"true"),
             Some(b'f') => self.literal(b"false"),
@@ -189,9 +217,14 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    /// Scans an object whose `{` is at `pos`, calling `on_key` with each raw key; returns the
-    /// number of members.
-    fn object(&mut self, depth: u32, mut on_key: impl FnMut(&[u8])) -> Result<usize> {
+    /// Scans an object whose `{` is at `pos`, calling `on_member` with each raw key and the
+    /// byte range of its member (from the key's opening quote to the end of its value);
+    /// returns the number of members.
+    fn object(
+        &mut self,
+        depth: u32,
+        mut on_member: impl FnMut(&[u8], Range<usize>),
+    ) -> Result<usize> {
         if depth > MAX_DEPTH {
             return self.error("nested too deeply");
         }
@@ -207,11 +240,13 @@ impl<'a> Scanner<'a> {
             if self.peek() != Some(b'"') {
                 return self.error("expected a key");
             }
-            on_key(self.string()?);
+            let start = self.pos;
+            let key = self.string()?;
             self.skip_ws();
             self.expect(b':', "expected `:`")?;
             self.skip_ws();
             self.value(depth)?;
+            on_member(key, start..self.pos);
             members += 1;
             self.skip_ws();
             match self.peek() {
@@ -230,6 +265,30 @@ impl<'a> Scanner<'a> {
 /// its top level has a key in `reserved`. A key written with escapes is compared after
 /// unescaping, so `"kafka\u005ftopic"` counts as `kafka_topic`.
 pub fn scan_object(value: &[u8], reserved: &[&str]) -> Result<Shape> {
+    let mut has_reserved_key = false;
+    let members = top_level(value, |key, _| {
+        has_reserved_key |= is_reserved(key, reserved)
+    })?;
+    Ok(Shape {
+        is_empty: members == 0,
+        has_reserved_key,
+    })
+}
+
+/// The byte ranges of the top-level members of the object `value` whose keys are not in
+/// `reserved`, in order: what is kept when reserved members are replaced. The ranges hold the
+/// members' own text, so numbers and strings come out exactly as they went in.
+pub fn members_without(value: &[u8], reserved: &[&str]) -> Result<Vec<Range<usize>>> {
+    let mut kept = Vec::new();
+    top_level(value, |key, member| {
+        if !is_reserved(key, reserved) {
+            kept.push(member);
+        }
+    })?;
+    Ok(kept)
+}
+
+fn top_level(value: &[u8], on_member: impl FnMut(&[u8], Range<usize>)) -> Result<usize> {
     if let Err(e) = std::str::from_utf8(value) {
         return Err(format!("invalid UTF-8 at byte {}", e.valid_up_to()));
     }
@@ -241,23 +300,22 @@ pub fn scan_object(value: &[u8], reserved: &[&str]) -> Result<Shape> {
     if scanner.peek() != Some(b'{') {
         return scanner.error("expected `{`");
     }
-    let mut has_reserved_key = false;
-    let members = scanner.object(1, |key| {
-        has_reserved_key |= if key.contains(&b'\\') {
-            serde_json::from_slice::<String>(&[b"\"", key, b"\""].concat())
-                .is_ok_and(|k| reserved.contains(&k.as_str()))
-        } else {
-            reserved.iter().any(|r| r.as_bytes() == key)
-        };
-    })?;
+    let members = scanner.object(1, on_member)?;
     scanner.skip_ws();
     if scanner.pos != value.len() {
         return scanner.error("trailing characters");
     }
-    Ok(Shape {
-        is_empty: members == 0,
-        has_reserved_key,
-    })
+    Ok(members)
+}
+
+/// Whether a raw key (escapes still in it) names one of `reserved`.
+fn is_reserved(key: &[u8], reserved: &[&str]) -> bool {
+    if key.contains(&b'\\') {
+        serde_json::from_slice::<String>(&[b"\"", key, b"\""].concat())
+            .is_ok_and(|k| reserved.contains(&k.as_str()))
+    } else {
+        reserved.iter().any(|r| r.as_bytes() == key)
+    }
 }
 
 #[cfg(test)]
@@ -271,6 +329,7 @@ mod tests {
     #[test]
     fn accepts_objects_of_every_kind() {
         for ok in [
+            r#"{"a":"\ud83d\ude00 \uD83D\uDE00"}"#,
             "{}",
             " { } ",
             r#"{"a":1}"#,
@@ -314,6 +373,16 @@ mod tests {
             assert!(!accepts(bad), "{bad:?}");
         }
         assert!(scan_object(b"{\"a\":\"\xff\"}", &[]).is_err());
+        for lone in [
+            r#"\ud800"#,
+            r#"\udc00"#,
+            r#"\ud800x"#,
+            r#"\ud800\u0041"#,
+            r#"\uDBFF\uE000"#,
+        ] {
+            let err = scan_object(format!("{{\"a\":\"{lone}\"}}").as_bytes(), &[]).unwrap_err();
+            assert!(err.contains("surrogate"), "{lone}: {err}");
+        }
         let deep = format!("{{\"a\":{}{}}}", "[".repeat(200), "]".repeat(200));
         assert!(!accepts(&deep));
     }
