@@ -1,6 +1,9 @@
 //! The `weir` command line: a thin layer over the library.
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
 
 use clap::{Parser, Subcommand};
 use weir::{
@@ -9,7 +12,7 @@ use weir::{
         self,
         spec::{GeneratorFormat, KafkaSinkSpec, unspanned},
     },
-    plugin::PluginHost,
+    plugin::{Limits, PluginHost, conformance},
     runtime::{self, RunOptions},
 };
 
@@ -51,6 +54,28 @@ enum Command {
         /// The pipeline files.
         #[arg(required = true)]
         files: Vec<PathBuf>,
+    },
+    /// Works with plugins on their own, outside a pipeline.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Runs a plugin against golden vectors (a folder of JSON cases, see docs/plugins.md) and
+    /// prints every difference; exits non-zero if any case fails.
+    Test {
+        /// The plugin component (`.wasm`).
+        plugin: PathBuf,
+        /// The folder of case files (`*.json`, run in name order).
+        #[arg(long)]
+        cases: PathBuf,
+        /// Most linear memory the instance may use, in MiB.
+        #[arg(long, default_value_t = 64)]
+        memory_mib: u32,
+        /// Longest one call may run, in seconds.
+        #[arg(long, default_value_t = 5)]
+        call_timeout_secs: u64,
     },
 }
 
@@ -154,6 +179,21 @@ fn main() -> ExitCode {
             }
         }
         Command::Gen(_) => unreachable!("handled before the engine starts"),
+        Command::Plugin(PluginCommand::Test {
+            plugin,
+            cases,
+            memory_mib,
+            call_timeout_secs,
+        }) => test_plugin(
+            &host,
+            &plugin,
+            &cases,
+            Limits {
+                memory_bytes: memory_mib as usize * (1 << 20),
+                call_timeout: std::time::Duration::from_secs(call_timeout_secs),
+                fuel_per_call: None,
+            },
+        ),
         Command::Run { file, quiet } => {
             let pipeline = match pipeline::load(&file, &host) {
                 Ok(p) => p,
@@ -188,6 +228,37 @@ fn main() -> ExitCode {
                 }
             }
         }
+    }
+}
+
+/// `weir plugin test`.
+fn test_plugin(host: &PluginHost, path: &Path, cases: &Path, limits: Limits) -> ExitCode {
+    let cases = match conformance::load_cases(cases) {
+        Ok(cases) => cases,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let plugin = match host.load(path, false) {
+        Ok(plugin) => plugin,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!(
+        "{} (sha256 {}): {} cases",
+        path.display(),
+        &plugin.digest[..12],
+        cases.len()
+    );
+    let outcomes = conformance::run(&plugin, &limits, cases);
+    print!("{}", conformance::report(&outcomes));
+    if outcomes.iter().all(|o| o.differences.is_empty()) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

@@ -242,6 +242,29 @@ impl StageRunner {
         self.replacements
     }
 
+    fn keyed(&self) -> &Keyed {
+        &self
+            .instance
+            .as_ref()
+            .expect("runner has an instance")
+            .store
+            .data()
+            .keyed
+    }
+
+    /// The stage's keyed state, in key order.
+    pub fn keyed_state(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.keyed()
+            .state
+            .iter()
+            .map(|(k, v)| (k.as_slice(), v.as_slice()))
+    }
+
+    /// The registered timers, `(time_ms, key)` in time order.
+    pub fn timers(&self) -> impl Iterator<Item = (i64, &[u8])> {
+        self.keyed().timers.iter().map(|(t, k)| (*t, k.as_slice()))
+    }
+
     /// Timers registered for event times at or before `watermark_ms`, removed from the set.
     fn due_timers(&mut self, watermark_ms: i64) -> Vec<Timer> {
         let keyed = &mut self

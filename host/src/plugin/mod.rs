@@ -9,6 +9,7 @@
 //!   the dead-letter output.
 
 pub mod bindings;
+pub mod conformance;
 mod instance;
 
 use std::{
