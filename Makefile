@@ -8,6 +8,10 @@ export CARGO_TARGET_DIR ?= $(HOME)/.cache/weir/target
 VENV ?= $(HOME)/.cache/weir/venv
 export WEIR_PYTHON ?= $(VENV)/bin/python
 WEIR := $(CARGO_TARGET_DIR)/release/weir
+# The plugins' workspace built natively (clippy, unit tests) gets a folder of its own: its crates
+# that are also cdylibs have file names without a hash, so sharing the host's folder would let
+# one workspace's libweir_enrich.rlib replace the other's.
+PLUGINS_NATIVE := $(CARGO_TARGET_DIR)/plugins-native
 
 .PHONY: quickstart test toolchain plugins build readers lint unit bench clean-data
 
@@ -32,7 +36,8 @@ toolchain:
 	@command -v cargo >/dev/null || { echo "Rust is needed: https://rustup.rs"; exit 1; }
 	@rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
 
-## Builds every guest plugin into plugins/dist/.
+## Builds every guest plugin (Rust, C, JavaScript, Python) into plugins/dist/, installing the
+## C, JavaScript and Python toolchains when they are missing.
 plugins: toolchain
 	plugins/build.sh
 
@@ -50,11 +55,14 @@ lint:
 	cargo fmt --all --check
 	cd plugins && cargo fmt --all --check
 	cargo clippy --release --workspace --all-targets -- -D warnings
-	cd plugins && cargo clippy --release --workspace --all-targets -- -D warnings
+	cd plugins && CARGO_TARGET_DIR=$(PLUGINS_NATIVE) cargo clippy --release --workspace --all-targets -- -D warnings
+	plugins/c/build.sh --check
 
-## The plugins' own logic, natively.
+## The plugins' own logic, natively, in each language's test runner.
 unit:
-	cd plugins && cargo test --release --workspace
+	cd plugins && CARGO_TARGET_DIR=$(PLUGINS_NATIVE) cargo test --release --workspace
+	node --test plugins/js/
+	plugins/python/build.sh --test
 
 ## The enrich benchmark: WebAssembly against the same logic compiled natively.
 bench: plugins

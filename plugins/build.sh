@@ -6,10 +6,19 @@ here=$(cd "$(dirname "$0")" && pwd)
 target_dir=${CARGO_TARGET_DIR:-$here/target}
 cargo build --manifest-path "$here/Cargo.toml" --release --target wasm32-wasip2 --workspace
 mkdir -p "$here/dist"
-for crate in weir_enrich weir_test_chaos weir_test_wrong_world; do
+for crate in weir_enrich weir_test_chaos weir_test_window_count weir_test_wrong_world; do
   name=${crate#weir_}
   name=${name//_/-}
   cp "$target_dir/wasm32-wasip2/release/$crate.wasm" "$here/dist/$name.wasm.tmp"
   mv "$here/dist/$name.wasm.tmp" "$here/dist/$name.wasm"
 done
+
+# JavaScript (needs Node.js 20) and Python (a virtualenv) plugins: each language's own build
+# script writes its components to dist/.
+"$here/js/build.sh"
+"$here/python/build.sh"
+
+# C plugins (clang-19 and wasi-libc, installed with apt-get when missing): dist/NAME-c.wasm.
+"$here/c/build.sh"
+
 ls -l "$here/dist"

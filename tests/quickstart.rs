@@ -103,6 +103,72 @@ fn quickstart_writes_every_trade_once_with_enriched_fields() {
     assert_eq!(dead, "", "no dead letters");
 }
 
+/// The quick start with `enrich` written in each language (Rust, C, JavaScript, Python): DuckDB
+/// reads back every language's Parquet files and finds the same rows as the Rust plugin's, field
+/// for field (but the ingestion time, which is the wall clock of each run).
+#[test]
+fn quickstart_runs_enrich_in_every_language() {
+    let dir = tempfile::tempdir().unwrap();
+    let quickstart = support::quickstart()
+        .replace("    count: 200000\n", "    count: 50000\n")
+        .replace("../data/quickstart", "{out}");
+    assert!(
+        quickstart.contains("count: 50000"),
+        "the quick start's count is on its own line"
+    );
+    let mut tables = Vec::new();
+    for (name, memory_mib) in [
+        ("enrich", 64),
+        ("enrich-c", 64),
+        ("enrich-js", 256),
+        ("enrich-python", 256),
+    ] {
+        support::plugin(name);
+        let out = dir.path().join(name);
+        std::fs::create_dir_all(&out).unwrap();
+        let pipeline = quickstart.replace(
+            "    plugin: ../plugins/dist/enrich.wasm\n",
+            &format!(
+                "    plugin: {{plugins}}/{name}.wasm\n    limits: {{ memory_mib: {memory_mib} }}\n"
+            ),
+        );
+        assert!(
+            pipeline.contains(&format!("{name}.wasm")),
+            "the plugin line was replaced"
+        );
+        let file = support::pipeline_file(&out, "quickstart.yaml", &pipeline);
+        let stdout = support::run_pipeline(&file);
+        assert!(stdout.contains("sink trades: 50,000 "), "{name}: {stdout}");
+        let dead = std::fs::read_to_string(out.join("dead-letters.jsonl")).unwrap_or_default();
+        assert_eq!(dead, "", "{name}: no dead letters");
+        tables.push((
+            name,
+            format!(
+                "read_parquet('{}/trades/**/*.parquet', hive_partitioning = true)",
+                out.display()
+            ),
+        ));
+    }
+    let (_, rust) = &tables[0];
+    for (name, table) in &tables[1..] {
+        let compared = &support::duckdb(&format!(
+            "SELECT count(*) AS rows, count(r.trade_id) AS in_rust, count(o.trade_id) AS in_other,
+                    count(*) FILTER (WHERE r.symbol IS DISTINCT FROM o.symbol OR r.price IS DISTINCT FROM o.price
+                       OR r.quantity IS DISTINCT FROM o.quantity OR r.buyer_is_maker IS DISTINCT FROM o.buyer_is_maker
+                       OR r.trade_time IS DISTINCT FROM o.trade_time OR r.event_time IS DISTINCT FROM o.event_time
+                       OR r.kafka_topic IS DISTINCT FROM o.kafka_topic OR r.kafka_partition IS DISTINCT FROM o.kafka_partition
+                       OR r.kafka_offset IS DISTINCT FROM o.kafka_offset OR r.kafka_timestamp IS DISTINCT FROM o.kafka_timestamp
+                       OR o.ingestion_timestamp IS NULL) AS differ
+             FROM {rust} r FULL OUTER JOIN {table} o ON r.trade_id = o.trade_id"
+        ))[0];
+        assert_eq!(
+            compared,
+            &serde_json::json!({"rows": 50000, "in_rust": 50000, "in_other": 50000, "differ": 0}),
+            "{name} wrote what the Rust plugin wrote"
+        );
+    }
+}
+
 /// Ctrl-C (SIGINT) stops an unbounded pipeline gracefully: the process exits 0, prints its
 /// progress while running, and every record it reports written is in complete Parquet files.
 #[test]
