@@ -6,6 +6,12 @@
 //! is its own) and prints a table. One mode alone: `cargo bench --bench enrich -- MODE BATCH`,
 //! with MODE one of `native`, `wasm`, `pipeline`, `pipeline-no-stage`.
 //!
+//! `cargo bench --bench enrich -- languages` compares `enrich` written in Rust, C, JavaScript and
+//! Python (the builds in `plugins/dist/`) beside the native Rust logic, at batch 1024: records/s,
+//! per-batch latency, peak RSS, and what starting costs — compiling the component (cold, empty
+//! artifact cache), loading its machine code from the cache (warm), and instantiating it and
+//! calling `init`.
+//!
 //! `WEIR_BENCH_RECORDS=N` makes a loop mode process exactly N records with no warm-up, for
 //! `valgrind --tool=callgrind`, whose instruction counts repeat where wall-clock time does not;
 //! mode `generate` (no stage) is the baseline to subtract.
@@ -185,12 +191,25 @@ fn native(batch_size: usize) -> Measured {
     })
 }
 
+/// The sandbox for the language comparison: a JavaScript engine or a Python interpreter needs
+/// more than the default 64 MiB.
+fn roomy() -> Limits {
+    Limits {
+        memory_bytes: 256 << 20,
+        ..Limits::default()
+    }
+}
+
 fn wasm(batch_size: usize) -> Measured {
+    wasm_plugin("enrich", batch_size, Limits::default())
+}
+
+fn wasm_plugin(name: &str, batch_size: usize, limits: Limits) -> Measured {
     let host = PluginHost::new(None).unwrap();
     let plugin = host
-        .load(&repo().join("plugins/dist/enrich.wasm"), false)
+        .load(&repo().join(format!("plugins/dist/{name}.wasm")), false)
         .expect("run `make plugins` first");
-    let mut runner = StageRunner::start("enrich", plugin, "{}".into(), Limits::default()).unwrap();
+    let mut runner = StageRunner::start("enrich", plugin, "{}".into(), limits).unwrap();
     run_loop(batch_size, |batch| {
         let out = runner.process(batch).unwrap();
         assert!(out.errors.is_empty());
@@ -240,23 +259,110 @@ fn pipeline(batch_size: usize, with_stage: bool) -> Measured {
     }
 }
 
-fn child(mode: &str, batch: usize) -> Measured {
+/// What starting a plugin costs, in ms: loading it (compiling, or reading the cached machine
+/// code), its first instance with `init`, and a second instance (what replacing one costs).
+fn start(name: &str, cache: &std::path::Path) -> [f64; 3] {
+    let ms = |t: Instant| t.elapsed().as_secs_f64() * 1e3;
+    let t = Instant::now();
+    let host = PluginHost::new(Some(cache.to_path_buf())).unwrap();
+    let plugin = host
+        .load(&repo().join(format!("plugins/dist/{name}.wasm")), false)
+        .expect("run `make plugins` first");
+    let load = ms(t);
+    let t = Instant::now();
+    drop(StageRunner::start("enrich", plugin.clone(), "{}".into(), roomy()).unwrap());
+    let first = ms(t);
+    let t = Instant::now();
+    drop(StageRunner::start("enrich", plugin, "{}".into(), roomy()).unwrap());
+    [load, first, ms(t)]
+}
+
+/// Runs this program again with `args` and returns the numbers of its last line.
+fn child_numbers(args: &[&str]) -> Vec<f64> {
     let exe = std::env::current_exe().unwrap();
-    let out = Command::new(exe)
-        .args([mode, &batch.to_string()])
-        .output()
-        .unwrap();
+    let out = Command::new(exe).args(args).output().unwrap();
     assert!(
         out.status.success(),
-        "{mode} {batch} failed: {}",
+        "{args:?} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     stdout
         .lines()
         .rev()
-        .find_map(Measured::parse)
-        .unwrap_or_else(|| panic!("no result from {mode}: {stdout}"))
+        .find_map(|line| {
+            line.split_whitespace()
+                .map(|x| x.parse().ok())
+                .collect::<Option<Vec<f64>>>()
+        })
+        .unwrap_or_else(|| panic!("no result from {args:?}: {stdout}"))
+}
+
+fn child(mode: &str, batch: usize) -> Measured {
+    let v = child_numbers(&[mode, &batch.to_string()]);
+    Measured::parse(&v.iter().map(f64::to_string).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|| panic!("{mode} {batch}: expected six numbers, got {v:?}"))
+}
+
+/// `-- languages`: enrich in every language, batch 1024, each measurement in its own process.
+fn languages() {
+    const LANGUAGES: [(&str, &str); 4] = [
+        ("Rust", "enrich"),
+        ("C", "enrich-c"),
+        ("JavaScript", "enrich-js"),
+        ("Python", "enrich-python"),
+    ];
+    println!(
+        "enrich in every language: generator → enrich → null, one thread, batch 1024; {} s per row after {} ms warm-up",
+        MEASURE.as_secs(),
+        WARMUP.as_millis()
+    );
+    println!(
+        "{:<11} {:>9} {:>12} {:>9} {:>10} {:>10} {:>12} {:>12} {:>13} {:>9}",
+        "language",
+        "size MiB",
+        "records/s",
+        "vs native",
+        "p50 µs",
+        "p99 µs",
+        "compile ms",
+        "cached ms",
+        "instance ms",
+        "RSS MiB"
+    );
+    let native = child("native", 1024);
+    println!(
+        "{:<11} {:>9} {:>12.0} {:>9} {:>10.1} {:>10.1} {:>12} {:>12} {:>13} {:>9.1}",
+        "native", "-", native.rate, "1.00×", native.p50, native.p99, "-", "-", "-", native.rss
+    );
+    let cache = tempfile::tempdir().unwrap();
+    for (language, name) in LANGUAGES {
+        let file = repo().join(format!("plugins/dist/{name}.wasm"));
+        let size = std::fs::metadata(&file)
+            .unwrap_or_else(|e| panic!("{}: {e} (run `make plugins`)", file.display()))
+            .len() as f64
+            / (1 << 20) as f64;
+        let dir = cache.path().join(name);
+        let cold = child_numbers(&["start", name, dir.to_str().unwrap()]);
+        let warm = child_numbers(&["start", name, dir.to_str().unwrap()]);
+        let m = child(&format!("lang:{name}"), 1024);
+        println!(
+            "{language:<11} {size:>9.2} {:>12.0} {:>8.1}× {:>10.1} {:>10.1} {:>12.1} {:>12.1} {:>13.2} {:>9.1}",
+            m.rate,
+            native.rate / m.rate,
+            m.p50,
+            m.p99,
+            cold[0],
+            warm[0],
+            warm[1],
+            m.rss
+        );
+    }
+    println!(
+        "compile: load with an empty artifact cache; cached: load again from the cache (a restart); \
+         instance: instantiate + init once loaded; vs native: how many times slower than the same \
+         Rust logic compiled natively"
+    );
 }
 
 fn main() {
@@ -264,6 +370,24 @@ fn main() {
         .skip(1)
         .filter(|a| a != "--bench")
         .collect();
+    if let [mode, name, cache] = &args[..]
+        && mode == "start"
+    {
+        let [load, first, second] = start(name, std::path::Path::new(cache));
+        println!("{load} {first} {second}");
+        return;
+    }
+    if let [mode] = &args[..]
+        && mode == "languages"
+    {
+        return languages();
+    }
+    if let [mode, batch] = &args[..]
+        && let Some(name) = mode.strip_prefix("lang:")
+    {
+        wasm_plugin(name, batch.parse().expect("batch size"), roomy()).print();
+        return;
+    }
     if let [mode, batch] = &args[..] {
         let batch: usize = batch.parse().expect("batch size");
         let m = match mode.as_str() {
