@@ -8,7 +8,9 @@
 //! times and the snapshots' commit times), bytes committed, checkpoints, and peak RSS (each mode
 //! in a child process of its own). `WEIR_BENCH_RECORDS` (default 2,000,000) sets the maximum-rate
 //! run's size, `WEIR_BENCH_SECONDS` (default 30) the fixed-rate run's length, and
-//! `WEIR_BENCH_INTERVAL` (default `2s`) the checkpoint interval.
+//! `WEIR_BENCH_INTERVAL` (default `2s`) the checkpoint interval. The commit-latency modes
+//! (`commits-weir`, `commits-crate`) make `WEIR_BENCH_COMMITS` (default 1,000) commits of 10 rows
+//! into one table; `WEIR_BENCH_KEEP_SNAPSHOTS` overrides the sink's `keep_snapshots`.
 #![allow(missing_docs)]
 
 mod common;
@@ -327,10 +329,16 @@ sinks:
     iceberg:
       catalog: { type: sql, uri: \"sqlite:catalog.db\", warehouse: warehouse }
       table: bench.commits
-      schema:
+KEEP      schema:
         - { name: offset, type: int64, meta: offset }
         - { name: raw_bytes, type: binary, meta: value }
-",
+"
+        .replace(
+            "KEEP",
+            &std::env::var("WEIR_BENCH_KEEP_SNAPSHOTS")
+                .map(|n| format!("      keep_snapshots: {n}\n"))
+                .unwrap_or_default(),
+        ),
     )
     .unwrap();
     let host = PluginHost::new(PluginHost::default_cache_dir()).unwrap();

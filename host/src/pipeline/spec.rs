@@ -351,8 +351,9 @@ pub struct IcebergSinkSpec {
     /// Compression codec of data files: `zstd` (default), `snappy` or `none`.
     #[serde(default)]
     pub compression: Compression,
-    /// Snapshots kept: older ones are expired at commit time, with the manifest lists and
-    /// manifests only they referenced (default 100).
+    /// Snapshots kept: older ones are expired at commit time, with the manifest lists only they
+    /// referenced (default 25: every kept snapshot is in the metadata file each commit rewrites
+    /// and each reader parses).
     #[serde(default = "default_keep_snapshots")]
     pub keep_snapshots: Spanned<usize>,
 }
@@ -637,7 +638,7 @@ fn default_checkpoint_store() -> Spanned<String> {
 }
 
 fn default_keep_snapshots() -> Spanned<usize> {
-    unspanned(100)
+    unspanned(25)
 }
 
 fn default_catalog_name() -> Spanned<String> {

@@ -9,16 +9,20 @@
 //!
 //! Commit time stays flat as the table ages: the checkpoint id is the idempotency key, so the
 //! crate's duplicate-file check (which opens every manifest of the table on every commit) is off;
-//! with a SQL catalog the manifests are merged into one every [`MERGE_AT`] commits (so the
-//! manifest list a commit carries forward stays short); and snapshots beyond `keep_snapshots` are
-//! expired, with the manifest lists only they used.
+//! with a SQL catalog manifests are merged in tiers of [`MERGE_AT`] (so the manifest list a
+//! commit carries forward stays short, and no commit rewrites the whole table's file list); and
+//! snapshots beyond `keep_snapshots` are expired, with the manifest lists only they used.
 //!
 //! Data files are named `<pipeline>-c<checkpoint>-<run>-<n>.parquet`; on recovery, files of
 //! checkpoints after the newest manifest are deleted (no snapshot can reference them).
 
 pub mod io;
 
-use std::{collections::HashMap, str::FromStr, sync::Arc};
+use std::{
+    collections::{BTreeMap, HashMap},
+    str::FromStr,
+    sync::Arc,
+};
 
 use arrow_array::{ArrayRef, RecordBatch, new_null_array};
 use arrow_schema::SchemaRef as ArrowSchemaRef;
@@ -236,6 +240,9 @@ async fn catalog(spec: &CatalogSpec, cx: &OpenContext<'_>) -> Result<Arc<dyn Cat
                 }
             }
             let (uri, dollar) = sql_uri(uri, cx.dir);
+            if !dollar {
+                sqlite_wal(&uri).await?;
+            }
             let style = if dollar { "DollarNumeric" } else { "QMark" };
             let warehouse = spec.warehouse.as_ref().map_or("", |w| w.value.as_str());
             props.insert("uri".into(), uri);
@@ -261,6 +268,23 @@ async fn catalog(spec: &CatalogSpec, cx: &OpenContext<'_>) -> Result<Arc<dyn Cat
             Arc::new(catalog)
         }
     })
+}
+
+/// Puts a SQLite catalog in write-ahead-log mode (stored in the file, so every connection, the
+/// catalog's own included, uses it): a commit appends to `catalog.db-wal` instead of creating and
+/// deleting a rollback journal, and readers such as pyiceberg read while Weir commits. On ext4,
+/// creating a file costs more the more files were deleted in the last half minute, so a journal
+/// created and deleted at every commit made commits slower the faster they came.
+async fn sqlite_wal(uri: &str) -> Result<(), SinkError> {
+    use sqlx::Connection;
+    sqlx::any::install_default_drivers();
+    let failed = |e: sqlx::Error| SinkError::Io(format!("catalog {uri}: {e}"));
+    let mut conn = sqlx::AnyConnection::connect(uri).await.map_err(failed)?;
+    sqlx::query("PRAGMA journal_mode = WAL")
+        .execute(&mut conn)
+        .await
+        .map_err(failed)?;
+    conn.close().await.map_err(failed)
 }
 
 /// The SQL catalog's database URI, as sqlx takes it, and whether it numbers parameters.
@@ -682,10 +706,13 @@ impl IcebergCommitter {
         Ok(Some(table))
     }
 
-    /// Once the current snapshot has [`MERGE_AT`] manifests (one per commit), writes one manifest
-    /// holding all their live files and commits a `replace` snapshot that uses it alone, so the
-    /// manifest list a commit reads and writes stays short. (SQL catalogs; a REST catalog keeps
-    /// its manifests.) A conflict leaves the table as it was: the next commit tries again.
+    /// Keeps the manifest list short by merging manifests in tiers, as a log-structured merge
+    /// does: a manifest's tier is the base-[`MERGE_AT`] logarithm of its file count, and once one
+    /// tier holds [`MERGE_AT`] manifests they are rewritten as one (which lands a tier higher) in a
+    /// `replace` snapshot; the other manifests are carried over untouched. Each file is rewritten
+    /// once per tier, so a commit's cost grows with the logarithm of the table's file count, not
+    /// with the count. (SQL catalogs; a REST catalog keeps its manifests.) A conflict leaves the
+    /// table as it was: the next commit tries again.
     async fn merge_manifests(&self, table: Option<Table>) -> Result<Option<Table>, SinkError> {
         use iceberg::spec::{
             FormatVersion, MAIN_BRANCH, ManifestContentType, ManifestListWriter, ManifestStatus,
@@ -711,14 +738,30 @@ impl IcebergCommitter {
             .map_err(failed("reading the manifest list"))?;
         let list = iceberg::spec::ManifestList::parse_with_version(&list_bytes, FormatVersion::V2)
             .map_err(failed("reading the manifest list"))?;
-        if list.entries().len() < MERGE_AT
-            || list
-                .entries()
-                .iter()
-                .any(|m| m.content != ManifestContentType::Data)
+        if list
+            .entries()
+            .iter()
+            .any(|m| m.content != ManifestContentType::Data)
         {
             return Ok(Some(table));
         }
+        let tier = |m: &iceberg::spec::ManifestFile| {
+            let files = m.added_files_count.unwrap_or(0) + m.existing_files_count.unwrap_or(0);
+            files.max(1).ilog(MERGE_AT as u32)
+        };
+        let mut by_tier: BTreeMap<u32, usize> = BTreeMap::new();
+        for m in list.entries() {
+            *by_tier.entry(tier(m)).or_default() += 1;
+        }
+        let Some(full) = by_tier
+            .iter()
+            .find(|(_, n)| **n >= MERGE_AT)
+            .map(|(t, _)| *t)
+        else {
+            return Ok(Some(table));
+        };
+        let (merging, kept): (Vec<_>, Vec<_>) =
+            list.entries().iter().partition(|m| tier(m) == full);
         let snapshot_id = metadata
             .snapshots()
             .map(|s| s.snapshot_id())
@@ -737,7 +780,7 @@ impl IcebergCommitter {
             metadata.default_partition_spec().as_ref().clone(),
         )
         .build_v2_data();
-        for manifest in list.entries() {
+        for manifest in &merging {
             let entries = manifest
                 .load_manifest(io)
                 .await
@@ -772,7 +815,7 @@ impl IcebergCommitter {
             sequence,
         );
         list_writer
-            .add_manifests(std::iter::once(merged))
+            .add_manifests(kept.into_iter().cloned().chain(std::iter::once(merged)))
             .map_err(failed("writing the manifest list"))?;
         list_writer
             .close()
@@ -852,7 +895,7 @@ impl IcebergCommitter {
             tracing::info!(table = %self.name, "manifest merge lost a race; the next commit retries");
             return Ok(None);
         }
-        tracing::debug!(table = %self.name, manifests = list.entries().len(), "merged manifests");
+        tracing::debug!(table = %self.name, tier = full, manifests = merging.len(), "merged manifests");
         let table = self
             .catalog
             .load_table(&self.ident)
