@@ -13,11 +13,11 @@ WEIR := $(CARGO_TARGET_DIR)/release/weir
 # one workspace's libweir_enrich.rlib replace the other's.
 PLUGINS_NATIVE := $(CARGO_TARGET_DIR)/plugins-native
 
-.PHONY: quickstart test toolchain plugins build readers lint unit bench clean-data
+.PHONY: quickstart test toolchain plugins rust-plugins build readers lint unit bench clean-data
 
 ## Sets up what is missing, builds, and runs pipelines/quickstart-kafka.yaml on embedded defaults
 ## (an in-process Kafka cluster, an Iceberg table in a SQLite catalog and a local warehouse).
-quickstart: plugins build
+quickstart: rust-plugins build
 	$(WEIR) run pipelines/quickstart-kafka.yaml
 	@echo "Read the Iceberg table with any Iceberg reader, for instance DuckDB's iceberg extension:"
 	@echo "  SET unsafe_enable_version_guessing = true;"
@@ -40,6 +40,10 @@ toolchain:
 ## C, JavaScript and Python toolchains when they are missing.
 plugins: toolchain
 	plugins/build.sh
+
+## Builds the Rust plugins only: all the quick start needs.
+rust-plugins: toolchain
+	plugins/build.sh rust
 
 ## Builds the host.
 build:

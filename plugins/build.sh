@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Builds every guest plugin for wasm32-wasip2 and copies the components to plugins/dist/.
-# Usage: plugins/build.sh            (CARGO_TARGET_DIR is honoured)
+# Builds every guest plugin — Rust, C, JavaScript and Python — into components in plugins/dist/.
+# Usage: plugins/build.sh           every language (each one's build installs its toolchain)
+#        plugins/build.sh rust      the Rust plugins only (all the quick start needs)
+# CARGO_TARGET_DIR is honoured.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 target_dir=${CARGO_TARGET_DIR:-$here/target}
@@ -12,6 +14,10 @@ for crate in weir_enrich weir_test_chaos weir_test_window_count weir_test_wrong_
   cp "$target_dir/wasm32-wasip2/release/$crate.wasm" "$here/dist/$name.wasm.tmp"
   mv "$here/dist/$name.wasm.tmp" "$here/dist/$name.wasm"
 done
+if [[ ${1:-all} == rust ]]; then
+  ls -l "$here/dist"
+  exit
+fi
 
 # JavaScript (needs Node.js 20) and Python (a virtualenv) plugins: each language's own build
 # script writes its components to dist/.
