@@ -570,7 +570,7 @@ impl IcebergSink {
     }
 }
 
-/// Manifests in the current snapshot at which they are merged into one.
+/// How many manifests of one tier (about the same file count) are merged into one.
 const MERGE_AT: usize = 16;
 
 /// A SQL catalog's table row, for a commit the crate has no action for (merging manifests):
