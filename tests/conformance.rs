@@ -1,7 +1,7 @@
 //! The conformance vectors in `plugins/conformance/` against the plugins built from source:
 //! `enrich` in Rust, C, JavaScript and Python passes the same vectors (identical outputs for
-//! identical inputs, the same per-record errors), the stateful test plugin passes its state and
-//! timer vectors, and the harness itself fails when a plugin does not conform.
+//! identical inputs, the same per-record errors), the stateful plugins (`ohlc` and a test plugin)
+//! pass their state and timer vectors, and the harness itself fails when a plugin does not conform.
 
 mod support;
 
@@ -61,13 +61,17 @@ fn enrich_conforms_in_every_language() {
 
 #[test]
 fn state_and_timer_vectors_pass() {
-    let (passed, report) = plugin_test(
-        &support::plugin("test-window-count"),
-        &cases("window-count"),
-        &[],
-    );
-    assert!(passed, "{report}");
-    assert!(report.contains("4 cases: 4 passed, 0 failed"), "{report}");
+    for (plugin, vectors, count) in [
+        ("test-window-count", "window-count", 4),
+        ("ohlc", "ohlc", 4),
+    ] {
+        let (passed, report) = plugin_test(&support::plugin(plugin), &cases(vectors), &[]);
+        assert!(passed, "{report}");
+        assert!(
+            report.contains(&format!("{count} cases: {count} passed, 0 failed")),
+            "{report}"
+        );
+    }
 }
 
 #[test]
