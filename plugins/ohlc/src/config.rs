@@ -146,45 +146,113 @@ impl Config {
         })
     }
 
-    /// Reads the trade in a record's value.
+    /// Reads the trade in a record's value: one pass over the JSON, converting only the fields
+    /// it needs (a trade is parsed for every record, so no tree is built).
     pub fn trade(&self, record: &Record) -> Result<Trade, String> {
-        let value: Value =
-            serde_json::from_slice(record.value).map_err(|e| format!("value is not JSON: {e}"))?;
-        let field = |name: &str| {
-            value
-                .get(name)
-                .ok_or_else(|| format!("the trade has no `{name}` field"))
+        use serde::de::DeserializeSeed;
+        let mut de = serde_json::Deserializer::from_slice(record.value);
+        let fields = Fields::default();
+        let fields = FieldsSeed {
+            config: self,
+            fields,
+        }
+        .deserialize(&mut de)
+        .and_then(|f| de.end().map(|()| f))
+        .map_err(|e| format!("value is not JSON: {e}"))?;
+        let missing = |name: &str| format!("the trade has no `{name}` field");
+        let symbol = match fields.symbol {
+            Some(Ok(s)) if !s.is_empty() && !s.contains('/') => s,
+            Some(Ok(s)) => Err(format!(
+                "`{}` is not a symbol (a non-empty string without `/`): {s:?}",
+                self.symbol_field
+            ))?,
+            Some(Err(other)) => Err(format!(
+                "`{}` is not a symbol (a non-empty string without `/`): {other}",
+                self.symbol_field
+            ))?,
+            None => return Err(missing(&self.symbol_field)),
         };
-        let number = |name: &str| -> Result<f64, String> {
-            let v = field(name)?;
-            let n = match v {
-                Value::Number(n) => n.as_f64(),
-                Value::String(s) => s.parse::<f64>().ok(),
-                _ => None,
-            };
-            n.filter(|n| n.is_finite())
-                .ok_or_else(|| format!("`{name}` is not a number: {v}"))
-        };
-        let symbol = match field(&self.symbol_field)? {
-            Value::String(s) if !s.is_empty() && !s.contains('/') => s.clone(),
-            other => {
-                return Err(format!(
-                    "`{}` is not a symbol (a non-empty string without `/`): {other}",
-                    self.symbol_field
-                ));
-            }
+        let number = |v: Option<Result<f64, String>>, name: &str| match v {
+            Some(Ok(n)) if n.is_finite() => Ok(n),
+            Some(Ok(n)) => Err(format!("`{name}` is not a number: {n}")),
+            Some(Err(v)) => Err(format!("`{name}` is not a number: {v}")),
+            None => Err(missing(name)),
         };
         let time_ms = match &self.time_field {
             None => record.timestamp_ms,
-            Some(name) => field(name)?
-                .as_i64()
-                .ok_or_else(|| format!("`{name}` is not a time in ms since the epoch"))?,
+            Some(name) => match fields.time {
+                Some(Ok(t)) => t,
+                Some(Err(_)) => Err(format!("`{name}` is not a time in ms since the epoch"))?,
+                None => return Err(missing(name)),
+            },
         };
         Ok(Trade {
             symbol,
-            price: number(&self.price_field)?,
-            quantity: number(&self.quantity_field)?,
+            price: number(fields.price, &self.price_field)?,
+            quantity: number(fields.quantity, &self.quantity_field)?,
             time_ms,
         })
+    }
+}
+
+/// The fields a trade needs, each `Err` with the value's text when it has the wrong type.
+#[derive(Default)]
+struct Fields {
+    symbol: Option<Result<String, String>>,
+    price: Option<Result<f64, String>>,
+    quantity: Option<Result<f64, String>>,
+    time: Option<Result<i64, String>>,
+}
+
+struct FieldsSeed<'c> {
+    config: &'c Config,
+    fields: Fields,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for FieldsSeed<'_> {
+    type Value = Fields;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Fields, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for FieldsSeed<'_> {
+    type Value = Fields;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(mut self, mut map: A) -> Result<Fields, A::Error> {
+        let c = self.config;
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            let key = key.as_ref();
+            if key == c.symbol_field {
+                self.fields.symbol = Some(match map.next_value::<Value>()? {
+                    Value::String(s) => Ok(s),
+                    other => Err(other.to_string()),
+                });
+            } else if key == c.price_field || key == c.quantity_field {
+                let n = match map.next_value::<Value>()? {
+                    Value::Number(n) => n.as_f64().ok_or_else(|| n.to_string()),
+                    Value::String(s) => s.parse::<f64>().map_err(|_| format!("{s:?}")),
+                    other => Err(other.to_string()),
+                };
+                if key == c.price_field {
+                    self.fields.price = Some(n);
+                } else {
+                    self.fields.quantity = Some(n);
+                }
+            } else if c.time_field.as_deref() == Some(key) {
+                self.fields.time = Some(match map.next_value::<Value>()? {
+                    Value::Number(n) => n.as_i64().ok_or_else(|| n.to_string()),
+                    other => Err(other.to_string()),
+                });
+            } else {
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
+        }
+        Ok(self.fields)
     }
 }
