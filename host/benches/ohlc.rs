@@ -1,0 +1,195 @@
+//! Benchmark: generated trades → `ohlc` (1-minute bars per symbol) → null, with the stage as a
+//! WebAssembly component (state and timers in the host) and as the same Rust logic compiled
+//! natively (state and timers in the SDK's in-memory stand-ins), at 20 and at 100,000 symbols.
+//!
+//! `cargo bench --bench ohlc` runs each mode in a child process of its own (so each peak RSS is
+//! its own) and prints records/s, per-batch latency percentiles and peak RSS. One mode alone:
+//! `cargo bench --bench ohlc -- MODE SYMBOLS`, MODE `native` or `wasm`.
+//!
+//! One thread: generate a batch of 1,024 trades (one per ms of event time), hand it to the
+//! stage, then advance the watermark to 5 s behind the latest trade, which closes the bars
+//! whose minute has passed; outputs are counted (the null sink).
+#![allow(missing_docs)]
+
+mod common;
+
+use common::{peak_rss_mib, repo};
+use std::{
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use weir::{
+    pipeline::spec::{GeneratorFormat, GeneratorSpec, unspanned},
+    plugin::{Limits, PluginHost, StageRunner},
+    record::Batch,
+    sources::generator::{Generator, TOPIC},
+};
+use weir_sdk::{Context, Emitter, Record, Stage, host::timers};
+
+const WARMUP: Duration = Duration::from_millis(500);
+const MEASURE: Duration = Duration::from_secs(3);
+const BATCH: usize = 1024;
+const CONFIG: &str = r#"{"windows": ["1m"]}"#;
+const BOUND_MS: i64 = 5_000;
+
+fn generator(symbols: usize) -> Generator {
+    let spec = GeneratorSpec {
+        count: None,
+        rate_per_sec: None,
+        seed: 42,
+        format: GeneratorFormat::Binance,
+        symbols: Some(unspanned(
+            (0..symbols).map(|i| format!("S{i:06}USDT")).collect(),
+        )),
+        start_time_ms: Some(1_767_225_600_000),
+        events_per_sec: Some(unspanned(1000)),
+        batch_size: unspanned(BATCH),
+    };
+    Generator::new(&spec, 0)
+}
+
+/// Hands batches to `stage` (batch, watermark → outputs) for WARMUP then MEASURE; prints
+/// `records_per_sec p50_us p99_us rss_mib outputs`.
+fn run(symbols: usize, mut stage: impl FnMut(&Batch, i64) -> usize) {
+    let mut generator = generator(symbols);
+    let (mut records, mut outputs, mut latencies) = (0u64, 0usize, Vec::new());
+    let started = Instant::now();
+    let mut since = None;
+    loop {
+        let mut batch = Batch::with_capacity(TOPIC, 0, BATCH, BATCH * 200);
+        generator.fill(&mut batch, BATCH);
+        let latest = batch.records.iter().map(|r| r.timestamp_ms).max().unwrap();
+        let t = Instant::now();
+        let out = stage(&batch, latest - BOUND_MS);
+        let took = t.elapsed();
+        match since {
+            None if started.elapsed() >= WARMUP => since = Some(Instant::now()),
+            None => {}
+            Some(since) => {
+                records += batch.len() as u64;
+                outputs += out;
+                latencies.push(took);
+                if since.elapsed() >= MEASURE {
+                    latencies.sort();
+                    let pct = |p: f64| {
+                        latencies[((latencies.len() - 1) as f64 * p) as usize].as_secs_f64() * 1e6
+                    };
+                    assert!(outputs > 0, "bars were closed");
+                    println!(
+                        "{} {} {} {} {outputs}",
+                        records as f64 / since.elapsed().as_secs_f64(),
+                        pct(0.5),
+                        pct(0.99),
+                        peak_rss_mib()
+                    );
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn native(symbols: usize) {
+    let mut stage = weir_ohlc::Ohlc::init(CONFIG).unwrap();
+    let mut out = Emitter::default();
+    run(symbols, |batch, watermark| {
+        out.clear();
+        let cx = Context {
+            topic: &batch.topic,
+            partition: batch.partition,
+            processing_time_ms: batch.processing_time_ms,
+        };
+        for (i, r) in batch.records.iter().enumerate() {
+            let record = Record {
+                key: batch.key(i),
+                value: batch.value(i),
+                timestamp_ms: r.timestamp_ms,
+                offset: r.offset,
+                headers: &[],
+            };
+            out.current_input = Some(i as u32);
+            stage.process(&cx, &record, &mut out).unwrap();
+        }
+        let fired = timers::take(watermark);
+        stage.on_watermark(watermark, &fired, &mut out);
+        out.records.len()
+    });
+}
+
+fn wasm(symbols: usize) {
+    let host = PluginHost::new(None).unwrap();
+    let plugin = host
+        .load(&repo().join("plugins/dist/ohlc.wasm"), false)
+        .expect("run `make plugins` first");
+    let mut runner = StageRunner::start("ohlc", plugin, CONFIG.into(), Limits::default()).unwrap();
+    run(symbols, |batch, watermark| {
+        let out = runner.process(batch).unwrap();
+        assert!(out.errors.is_empty(), "{:?}", out.errors.first());
+        out.records.len() + runner.on_watermark(watermark).unwrap().records.len()
+    });
+}
+
+fn child(mode: &str, symbols: usize) -> Vec<f64> {
+    let exe = std::env::current_exe().unwrap();
+    let out = Command::new(exe)
+        .args([mode, &symbols.to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{mode} {symbols} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    stdout
+        .lines()
+        .rev()
+        .find_map(|l| {
+            l.split_whitespace()
+                .map(|x| x.parse().ok())
+                .collect::<Option<Vec<f64>>>()
+        })
+        .unwrap_or_else(|| panic!("no result from {mode}: {stdout}"))
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    if let [mode, symbols] = &args[..] {
+        let symbols = symbols.parse().expect("a number of symbols");
+        match mode.as_str() {
+            "native" => native(symbols),
+            "wasm" => wasm(symbols),
+            other => panic!("unknown mode {other}"),
+        }
+        return;
+    }
+    println!(
+        "ohlc benchmark: trades → ohlc (1m bars) → null, one thread, batch {BATCH}, watermark {} s behind; {} s per mode after {} ms warm-up",
+        BOUND_MS / 1000,
+        MEASURE.as_secs(),
+        WARMUP.as_millis()
+    );
+    println!(
+        "{:<8} {:>9} {:>12} {:>10} {:>10} {:>10} {:>9}",
+        "mode", "symbols", "records/s", "p50 µs", "p99 µs", "RSS MiB", "bars"
+    );
+    for symbols in [20, 100_000] {
+        let n = child("native", symbols);
+        let w = child("wasm", symbols);
+        for (mode, m) in [("native", &n), ("wasm", &w)] {
+            println!(
+                "{mode:<8} {symbols:>9} {:>12.0} {:>10.1} {:>10.1} {:>10.1} {:>9.0}",
+                m[0], m[1], m[2], m[3], m[4]
+            );
+        }
+        println!(
+            "{:<8} {symbols:>9}   wasm / native: {:.2}× slower",
+            "",
+            n[0] / w[0]
+        );
+    }
+}
