@@ -24,10 +24,7 @@
 mod common;
 
 use common::{peak_rss_mib, repo};
-use std::{
-    process::Command,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use weir::{
     pipeline::{
@@ -39,7 +36,7 @@ use weir::{
     runtime::{self, RunOptions},
     sources::generator::{Generator, TOPIC},
 };
-use weir_sdk::{Context, Emitter, Record, Stage};
+use weir_sdk::{Emitter, Stage};
 
 const WARMUP: Duration = Duration::from_millis(500);
 const MEASURE: Duration = Duration::from_secs(3);
@@ -170,23 +167,7 @@ fn native(batch_size: usize) -> Measured {
     let mut stage = weir_enrich::Enrich::init("{}").unwrap();
     let mut out = Emitter::default();
     run_loop(batch_size, |batch| {
-        out.clear();
-        let cx = Context {
-            topic: &batch.topic,
-            partition: batch.partition,
-            processing_time_ms: batch.processing_time_ms,
-        };
-        for (i, r) in batch.records.iter().enumerate() {
-            let record = Record {
-                key: batch.key(i),
-                value: batch.value(i),
-                timestamp_ms: r.timestamp_ms,
-                offset: r.offset,
-                headers: &[],
-            };
-            out.current_input = Some(i as u32);
-            stage.process(&cx, &record, &mut out).unwrap();
-        }
+        common::process_natively(&mut stage, batch, &mut out);
         out.records.len()
     })
 }
@@ -277,29 +258,8 @@ fn start(name: &str, cache: &std::path::Path) -> [f64; 3] {
     [load, first, ms(t)]
 }
 
-/// Runs this program again with `args` and returns the numbers of its last line.
-fn child_numbers(args: &[&str]) -> Vec<f64> {
-    let exe = std::env::current_exe().unwrap();
-    let out = Command::new(exe).args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    stdout
-        .lines()
-        .rev()
-        .find_map(|line| {
-            line.split_whitespace()
-                .map(|x| x.parse().ok())
-                .collect::<Option<Vec<f64>>>()
-        })
-        .unwrap_or_else(|| panic!("no result from {args:?}: {stdout}"))
-}
-
 fn child(mode: &str, batch: usize) -> Measured {
-    let v = child_numbers(&[mode, &batch.to_string()]);
+    let v = common::child(&[mode, &batch.to_string()]);
     Measured::parse(&v.iter().map(f64::to_string).collect::<Vec<_>>().join(" "))
         .unwrap_or_else(|| panic!("{mode} {batch}: expected six numbers, got {v:?}"))
 }
@@ -343,8 +303,8 @@ fn languages() {
             .len() as f64
             / (1 << 20) as f64;
         let dir = cache.path().join(name);
-        let cold = child_numbers(&["start", name, dir.to_str().unwrap()]);
-        let warm = child_numbers(&["start", name, dir.to_str().unwrap()]);
+        let cold = common::child(&["start", name, dir.to_str().unwrap()]);
+        let warm = common::child(&["start", name, dir.to_str().unwrap()]);
         let m = child(&format!("lang:{name}"), 1024);
         println!(
             "{language:<11} {size:>9.2} {:>12.0} {:>8.1}× {:>10.1} {:>10.1} {:>12.1} {:>12.1} {:>13.2} {:>9.1}",

@@ -14,10 +14,7 @@
 mod common;
 
 use common::{peak_rss_mib, repo};
-use std::{
-    process::Command,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use weir::{
     pipeline::spec::{GeneratorFormat, GeneratorSpec, unspanned},
@@ -25,7 +22,7 @@ use weir::{
     record::Batch,
     sources::generator::{Generator, TOPIC},
 };
-use weir_sdk::{Context, Emitter, Record, Stage, host::timers};
+use weir_sdk::{Emitter, Stage, host::timers};
 
 const WARMUP: Duration = Duration::from_millis(500);
 const MEASURE: Duration = Duration::from_secs(3);
@@ -94,23 +91,7 @@ fn native(symbols: usize) {
     let mut stage = weir_ohlc::Ohlc::init(CONFIG).unwrap();
     let mut out = Emitter::default();
     run(symbols, |batch, watermark| {
-        out.clear();
-        let cx = Context {
-            topic: &batch.topic,
-            partition: batch.partition,
-            processing_time_ms: batch.processing_time_ms,
-        };
-        for (i, r) in batch.records.iter().enumerate() {
-            let record = Record {
-                key: batch.key(i),
-                value: batch.value(i),
-                timestamp_ms: r.timestamp_ms,
-                offset: r.offset,
-                headers: &[],
-            };
-            out.current_input = Some(i as u32);
-            stage.process(&cx, &record, &mut out).unwrap();
-        }
+        common::process_natively(&mut stage, batch, &mut out);
         let fired = timers::take(watermark);
         stage.on_watermark(watermark, &fired, &mut out);
         out.records.len()
@@ -128,29 +109,6 @@ fn wasm(symbols: usize) {
         assert!(out.errors.is_empty(), "{:?}", out.errors.first());
         out.records.len() + runner.on_watermark(watermark).unwrap().records.len()
     });
-}
-
-fn child(mode: &str, symbols: usize) -> Vec<f64> {
-    let exe = std::env::current_exe().unwrap();
-    let out = Command::new(exe)
-        .args([mode, &symbols.to_string()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{mode} {symbols} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    stdout
-        .lines()
-        .rev()
-        .find_map(|l| {
-            l.split_whitespace()
-                .map(|x| x.parse().ok())
-                .collect::<Option<Vec<f64>>>()
-        })
-        .unwrap_or_else(|| panic!("no result from {mode}: {stdout}"))
 }
 
 fn main() {
@@ -178,8 +136,8 @@ fn main() {
         "mode", "symbols", "records/s", "p50 µs", "p99 µs", "RSS MiB", "bars"
     );
     for symbols in [20, 100_000] {
-        let n = child("native", symbols);
-        let w = child("wasm", symbols);
+        let n = common::child(&["native", &symbols.to_string()]);
+        let w = common::child(&["wasm", &symbols.to_string()]);
         for (mode, m) in [("native", &n), ("wasm", &w)] {
             println!(
                 "{mode:<8} {symbols:>9} {:>12.0} {:>10.1} {:>10.1} {:>10.1} {:>9.0}",

@@ -96,3 +96,32 @@ pub fn child(args: &[&str]) -> Vec<f64> {
         .map(|x| x.parse().unwrap())
         .collect()
 }
+
+/// Runs a stage's logic natively over `batch`, record by record into `out` (cleared first), the
+/// way the SDK's WebAssembly adapter calls it: the baseline a component is measured against.
+pub fn process_natively<S: weir_sdk::Stage>(
+    stage: &mut S,
+    batch: &weir::record::Batch,
+    out: &mut weir_sdk::Emitter,
+) {
+    out.clear();
+    let cx = weir_sdk::Context {
+        topic: &batch.topic,
+        partition: batch.partition,
+        processing_time_ms: batch.processing_time_ms,
+    };
+    for (i, r) in batch.records.iter().enumerate() {
+        let record = weir_sdk::Record {
+            key: batch.key(i),
+            value: batch.value(i),
+            timestamp_ms: r.timestamp_ms,
+            offset: r.offset,
+            headers: &[],
+        };
+        out.current_input = Some(i as u32);
+        // A benchmark's input is valid: an error here is a bug in the benchmark.
+        stage
+            .process(&cx, &record, out)
+            .expect("the stage accepts the record");
+    }
+}
