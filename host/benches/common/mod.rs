@@ -124,4 +124,5 @@ pub fn process_natively<S: weir_sdk::Stage>(
             .process(&cx, &record, out)
             .expect("the stage accepts the record");
     }
+    stage.end_batch();
 }

@@ -14,12 +14,15 @@
 //!
 //! Everything lives in the host's keyed state — a bar per (window kind, window end, symbol), the
 //! last closes per (window kind, symbol) — and a timer per (window kind, symbol, window end)
-//! closes the bar, so a restart or a hot swap keeps windows in flight. A trade for a window the
+//! closes the bar, so a restart or a hot swap keeps windows in flight. The bars a batch touches are
+//! read from the host once and written back at the batch's end, not at every trade. A trade for a window the
 //! watermark has already closed goes to the named output `late`, unchanged. A value that is not
 //! a trade (not JSON, a field missing or of the wrong type) is a per-record error.
 
 mod bar;
 mod config;
+
+use std::collections::{HashMap, hash_map::Entry};
 
 use weir_sdk::{
     Context, Emitter, Record, Stage, Timer,
@@ -33,6 +36,11 @@ pub use config::{Config, Window};
 #[derive(Debug)]
 pub struct Ohlc {
     config: Config,
+    /// The bars a batch touched, by (window kind, window end, symbol): read from the host once
+    /// per batch and written back at its end, not at every trade.
+    pending: HashMap<(usize, i64, String), Bar>,
+    /// The last watermark, read from the host once per batch.
+    watermark: Option<i64>,
 }
 
 /// State key of the last watermark seen.
@@ -63,6 +71,8 @@ impl Stage for Ohlc {
     fn init(config: &str) -> Result<Self, String> {
         Ok(Ohlc {
             config: Config::parse(config)?,
+            pending: HashMap::new(),
+            watermark: None,
         })
     }
 
@@ -72,7 +82,7 @@ impl Stage for Ohlc {
 
     fn process(&mut self, _cx: &Context, record: &Record, out: &mut Emitter) -> Result<(), String> {
         let trade = self.config.trade(record)?;
-        let watermark = watermark();
+        let watermark = *self.watermark.get_or_insert_with(watermark);
         let mut late = true;
         for (kind, window) in self.config.windows.iter().enumerate() {
             for end in window.ends_covering(trade.time_ms) {
@@ -80,15 +90,23 @@ impl Stage for Ohlc {
                     continue;
                 }
                 late = false;
-                let key = bar_key(kind, end, trade.symbol.as_bytes());
-                let bar = match state::get(&key) {
-                    Some(bytes) => Bar::decode(&bytes)?.with(&trade),
-                    None => {
-                        timers::register(&timer_key(kind, trade.symbol.as_bytes()), end);
-                        Bar::first(&trade)
+                match self.pending.entry((kind, end, trade.symbol.clone())) {
+                    Entry::Occupied(mut bar) => {
+                        let next = bar.get().with(&trade);
+                        bar.insert(next);
                     }
-                };
-                state::set(&key, &bar.encode());
+                    Entry::Vacant(slot) => {
+                        let symbol = trade.symbol.as_bytes();
+                        let bar = match state::get(&bar_key(kind, end, symbol)) {
+                            Some(bytes) => Bar::decode(&bytes)?.with(&trade),
+                            None => {
+                                timers::register(&timer_key(kind, symbol), end);
+                                Bar::first(&trade)
+                            }
+                        };
+                        slot.insert(bar);
+                    }
+                }
             }
         }
         if late {
@@ -103,7 +121,15 @@ impl Stage for Ohlc {
         Ok(())
     }
 
+    fn end_batch(&mut self) {
+        for ((kind, end, symbol), bar) in self.pending.drain() {
+            state::set(&bar_key(kind, end, symbol.as_bytes()), &bar.encode());
+        }
+        self.watermark = None;
+    }
+
     fn on_watermark(&mut self, watermark_ms: i64, fired: &[Timer], out: &mut Emitter) {
+        self.end_batch();
         for timer in fired {
             let Some((kind, symbol)) = std::str::from_utf8(&timer.key)
                 .ok()

@@ -178,9 +178,14 @@ fn bars_equal_a_reference_over_shuffled_trades() {
     );
     let mut h = Harness::new(json!({"windows": ["1m"]}));
     let mut max_seen = i64::MIN;
-    for (t, symbol, price, quantity) in &arrival {
-        h.trade(symbol, &price.to_string(), &quantity.to_string(), *t);
-        max_seen = max_seen.max(*t);
+    // Batches of 50 trades (the bars they touch are kept in memory and written back at the
+    // batch's end), then the watermark.
+    for batch in arrival.chunks(50) {
+        for (t, symbol, price, quantity) in batch {
+            h.trade(symbol, &price.to_string(), &quantity.to_string(), *t);
+            max_seen = max_seen.max(*t);
+        }
+        h.stage.end_batch();
         h.watermark(max_seen - 5_000);
     }
     h.watermark(i64::MAX);

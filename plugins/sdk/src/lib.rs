@@ -215,6 +215,11 @@ pub trait Stage: Sized + 'static {
     /// record to the dead-letter output with the message; the rest of the batch goes on.
     fn process(&mut self, cx: &Context, record: &Record, out: &mut Emitter) -> Result<(), String>;
 
+    /// Every record of the batch has been processed. A stage that keeps state in memory for
+    /// the length of a batch (one host call per key and batch instead of one per record)
+    /// writes it back to the host here.
+    fn end_batch(&mut self) {}
+
     /// Event time reached `watermark_ms`; `fired` holds the timers that are now due, in time
     /// order. Windowed stages emit the windows that closed.
     fn on_watermark(&mut self, watermark_ms: i64, fired: &[Timer], out: &mut Emitter) {

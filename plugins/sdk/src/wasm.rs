@@ -69,6 +69,7 @@ pub fn process<S: Stage>(slot: &RefCell<Option<S>>, batch: Batch) -> OutputBatch
             });
         }
     }
+    stage.end_batch();
     into_wit(out, errors)
 }
 
