@@ -8,7 +8,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 target_dir=${CARGO_TARGET_DIR:-$here/target}
 cargo build --manifest-path "$here/Cargo.toml" --release --target wasm32-wasip2 --workspace
 mkdir -p "$here/dist"
-for crate in weir_enrich weir_ohlc weir_test_chaos weir_test_window_count weir_test_wrong_world; do
+for crate in weir_enrich weir_ohlc weir_sessionize weir_cdc weir_test_chaos weir_test_window_count weir_test_wrong_world; do
   name=${crate#weir_}
   name=${name//_/-}
   cp "$target_dir/wasm32-wasip2/release/$crate.wasm" "$here/dist/$name.wasm.tmp"

@@ -34,7 +34,8 @@ pub fn log(level: Level, message: &str) {
     eprintln!("[{level:?}] {message}");
 }
 
-/// Keyed state held by the host, scoped to the stage and the source partition.
+/// Keyed state held by the host, scoped to the stage: it survives a trapped or replaced instance
+/// and a restart, because the host keeps it in checkpoints.
 pub mod state {
     #[cfg(target_arch = "wasm32")]
     use crate::wasm::bindings::weir::plugin::state as imp;
@@ -92,6 +93,26 @@ pub mod state {
         limit: u32,
     ) -> Vec<(Vec<u8>, Vec<u8>)> {
         imp::scan_prefix(prefix, start_after, limit)
+    }
+
+    /// Where [`watermark`] is kept.
+    const WATERMARK: &[u8] = b"wm";
+
+    /// The newest watermark noted with [`note_watermark`], or `i64::MIN` before the first. A
+    /// window stage notes each watermark it is handed and reads this in `process` to tell a
+    /// late record from one whose window is still open; kept in the stage's state (key `wm`),
+    /// it survives restarts.
+    pub fn watermark() -> i64 {
+        get(WATERMARK)
+            .and_then(|v| v.try_into().ok())
+            .map_or(i64::MIN, i64::from_be_bytes)
+    }
+
+    /// Notes `watermark_ms` for [`watermark`], if it is newer than the one noted.
+    pub fn note_watermark(watermark_ms: i64) {
+        if watermark_ms > watermark() {
+            set(WATERMARK, &watermark_ms.to_be_bytes());
+        }
     }
 }
 

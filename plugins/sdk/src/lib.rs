@@ -24,11 +24,13 @@
 //! weir_sdk::export_stage!(Upper);
 //! ```
 
+mod duration;
 pub mod host;
 #[cfg(target_arch = "wasm32")]
 #[doc(hidden)]
 pub mod wasm;
 
+pub use duration::duration_ms;
 pub use host::{Level, log};
 
 /// A record header: a name and opaque bytes.
