@@ -1,7 +1,8 @@
 //! The conformance vectors in `plugins/conformance/` against the plugins built from source:
 //! `enrich` in Rust, C, JavaScript and Python passes the same vectors (identical outputs for
-//! identical inputs, the same per-record errors), the stateful plugins (`ohlc` and a test plugin)
-//! pass their state and timer vectors, and the harness itself fails when a plugin does not conform.
+//! identical inputs, the same per-record errors), the stateful plugins (`ohlc`, `sessionize` and a
+//! test plugin) pass their state and timer vectors, `cdc` its outputs and errors, and the harness
+//! itself fails when a plugin does not conform.
 
 mod support;
 
@@ -64,6 +65,8 @@ fn state_and_timer_vectors_pass() {
     for (plugin, vectors, count) in [
         ("test-window-count", "window-count", 4),
         ("ohlc", "ohlc", 4),
+        ("sessionize", "sessionize", 7),
+        ("cdc", "cdc", 6),
     ] {
         let (passed, report) = plugin_test(&support::plugin(plugin), &cases(vectors), &[]);
         assert!(passed, "{report}");

@@ -11,6 +11,14 @@
     iceberg_tool.py snapshots CATALOG --table NS.NAME
         prints each snapshot as a JSON line: snapshot_id, parent_snapshot_id, sequence_number,
         timestamp_ms, summary (operation and properties), manifest_list
+    iceberg_tool.py manifests CATALOG --table NS.NAME
+        prints each manifest of the current snapshot as a JSON line: path, content ("data" or
+        "deletes"), sequence_number, files (path and content of each live entry: "data",
+        "position-deletes" or "equality-deletes")
+    iceberg_tool.py duckdb-scan CATALOG --table NS.NAME [--columns a,b,c]
+        as scan, but the rows are read by DuckDB's iceberg_scan from the table's current
+        metadata file (pyiceberg only finds that file's location); DuckDB applies the
+        table's delete files itself
     iceberg_tool.py duckdb-count --metadata PATH [--s3-endpoint URL]
         prints the row count DuckDB's iceberg_scan reads from a metadata file
     iceberg_tool.py ls [--s3-endpoint URL] PREFIX
@@ -143,6 +151,34 @@ def duckdb_connection(endpoint):
     return con
 
 
+def manifests(args):
+    from pyiceberg.manifest import DataFileContent, ManifestContent
+
+    table = catalog(args).load_table(args.table)
+    current = table.current_snapshot()
+    kinds = {DataFileContent.DATA: "data", DataFileContent.POSITION_DELETES: "position-deletes",
+             DataFileContent.EQUALITY_DELETES: "equality-deletes"}
+    for manifest in current.manifests(table.io) if current else ():
+        entries = manifest.fetch_manifest_entry(table.io, discard_deleted=True)
+        print(json.dumps({
+            "path": manifest.manifest_path,
+            "content": "data" if manifest.content == ManifestContent.DATA else "deletes",
+            "sequence_number": manifest.sequence_number,
+            "files": [{"path": e.data_file.file_path, "content": kinds[e.data_file.content]} for e in entries],
+        }))
+
+
+def duckdb_scan(args):
+    location = catalog(args).load_table(args.table).metadata_location
+    columns = args.columns.split(",") if args.columns else None
+    select = ", ".join(f'"{c}"' for c in columns) if columns else "*"
+    rows = duckdb_connection(args.s3_endpoint).execute(
+        f"SELECT {select} FROM iceberg_scan(?) ORDER BY ALL", [location])
+    names = [column[0] for column in rows.description]
+    for row in rows.fetchall():
+        print(json.dumps(plain(dict(zip(names, row)))))
+
+
 def duckdb_count(args):
     con = duckdb_connection(args.s3_endpoint)
     (count,) = con.execute("SELECT count(*) FROM iceberg_scan(?)", [args.metadata]).fetchone()
@@ -173,7 +209,8 @@ def ls(args):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
-    for name, run in (("scan", scan), ("files", files), ("snapshots", snapshots)):
+    for name, run in (("scan", scan), ("files", files), ("snapshots", snapshots), ("manifests", manifests),
+                      ("duckdb-scan", duckdb_scan)):
         sub = commands.add_parser(name)
         sub.set_defaults(run=run)
         sub.add_argument("--catalog-type", choices=("sql", "rest"), required=True)
@@ -182,7 +219,7 @@ def main():
         sub.add_argument("--catalog-name", default="weir")
         sub.add_argument("--table", required=True)
         sub.add_argument("--s3-endpoint")
-        if name == "scan":
+        if name in ("scan", "duckdb-scan"):
             sub.add_argument("--columns")
     sub = commands.add_parser("duckdb-count")
     sub.set_defaults(run=duckdb_count)

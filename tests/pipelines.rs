@@ -110,6 +110,8 @@ fn every_option_is_documented() {
         "file",
         "parquet",
         "iceberg",
+        "postgres",
+        "redis",
         "object_store",
         "jsonl",
         "stdout",

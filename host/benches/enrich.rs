@@ -52,6 +52,7 @@ fn generator() -> Generator {
         start_time_ms: Some(1_767_225_600_000),
         events_per_sec: None,
         batch_size: unspanned(1024),
+        disorder: None,
     };
     Generator::new(&spec, 0)
 }

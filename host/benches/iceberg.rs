@@ -378,6 +378,8 @@ KEEP      schema:
                 sinks: Default::default(),
                 files: pending.files,
                 bytes: pending.bytes,
+                state: None,
+                event_time: Vec::new(),
             };
             let commit = pending.commit.unwrap();
             let started = Instant::now();

@@ -4,7 +4,9 @@
 //!
 //! `cargo bench --bench ohlc` runs each mode in a child process of its own (so each peak RSS is
 //! its own) and prints records/s, per-batch latency percentiles and peak RSS. One mode alone:
-//! `cargo bench --bench ohlc -- MODE SYMBOLS`, MODE `native` or `wasm`.
+//! `cargo bench --bench ohlc -- MODE SYMBOLS`, MODE `native`, `wasm` (state in the host's
+//! in-memory map) or `wasm+sled` (state in the state database with a checkpoint every second,
+//! as in a pipeline).
 //!
 //! One thread: generate a batch of 1,024 trades (one per ms of event time), hand it to the
 //! stage, then advance the watermark to 5 s behind the latest trade, which closes the bars
@@ -42,6 +44,7 @@ fn generator(symbols: usize) -> Generator {
         start_time_ms: Some(1_767_225_600_000),
         events_per_sec: Some(unspanned(1000)),
         batch_size: unspanned(BATCH),
+        disorder: None,
     };
     Generator::new(&spec, 0)
 }
@@ -111,6 +114,35 @@ fn wasm(symbols: usize) {
     });
 }
 
+/// The component with its state in the state database, as a pipeline runs it: the write-back
+/// map over sled, and every second a checkpoint that moves the changes into sled and writes the
+/// state file (a full one every 20th), inside the batch that hits it.
+fn wasm_sled(symbols: usize) {
+    let host = PluginHost::new(None).unwrap();
+    let plugin = host
+        .load(&repo().join("plugins/dist/ohlc.wasm"), false)
+        .expect("run `make plugins` first");
+    let mut runner = StageRunner::start("ohlc", plugin, CONFIG.into(), Limits::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = weir::state::StateDb::open(&dir.path().join("db")).unwrap();
+    runner.attach_state(db.stage("ohlc")).unwrap();
+    let (mut id, mut last) = (0u64, Instant::now());
+    run(symbols, |batch, watermark| {
+        let out = runner.process(batch).unwrap();
+        assert!(out.errors.is_empty(), "{:?}", out.errors.first());
+        let n = out.records.len() + runner.on_watermark(watermark).unwrap().records.len();
+        if last.elapsed() >= Duration::from_secs(1) {
+            id += 1;
+            let changes = [("ohlc", runner.take_changes())];
+            let file = dir.path().join(format!("chk-{id}"));
+            let written = db.commit(id, &changes, id % 20 == 1, &file).unwrap();
+            std::fs::remove_file(written.local).unwrap();
+            last = Instant::now();
+        }
+        n
+    });
+}
+
 fn main() {
     let args: Vec<String> = std::env::args()
         .skip(1)
@@ -121,6 +153,7 @@ fn main() {
         match mode.as_str() {
             "native" => native(symbols),
             "wasm" => wasm(symbols),
+            "wasm+sled" => wasm_sled(symbols),
             other => panic!("unknown mode {other}"),
         }
         return;
@@ -132,22 +165,24 @@ fn main() {
         WARMUP.as_millis()
     );
     println!(
-        "{:<8} {:>9} {:>12} {:>10} {:>10} {:>10} {:>9}",
+        "{:<9} {:>9} {:>12} {:>10} {:>10} {:>10} {:>9}",
         "mode", "symbols", "records/s", "p50 µs", "p99 µs", "RSS MiB", "bars"
     );
     for symbols in [20, 100_000] {
         let n = common::child(&["native", &symbols.to_string()]);
         let w = common::child(&["wasm", &symbols.to_string()]);
-        for (mode, m) in [("native", &n), ("wasm", &w)] {
+        let d = common::child(&["wasm+sled", &symbols.to_string()]);
+        for (mode, m) in [("native", &n), ("wasm", &w), ("wasm+sled", &d)] {
             println!(
-                "{mode:<8} {symbols:>9} {:>12.0} {:>10.1} {:>10.1} {:>10.1} {:>9.0}",
+                "{mode:<9} {symbols:>9} {:>12.0} {:>10.1} {:>10.1} {:>10.1} {:>9.0}",
                 m[0], m[1], m[2], m[3], m[4]
             );
         }
         println!(
-            "{:<8} {symbols:>9}   wasm / native: {:.2}× slower",
+            "{:<9} {symbols:>9}   wasm / native: {:.2}× slower; wasm+sled / native: {:.2}×",
             "",
-            n[0] / w[0]
+            n[0] / w[0],
+            n[0] / d[0]
         );
     }
 }

@@ -51,6 +51,13 @@ pub struct Manifest {
     pub files: u64,
     /// Bytes in those files.
     pub bytes: u64,
+    /// The stages' keyed state at this checkpoint: the files a restore applies (none when the
+    /// stages keep no state).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<crate::state::StateRef>,
+    /// Each source partition's newest event time, where the watermark resumes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub event_time: Vec<crate::runtime::event_time::PartitionTime>,
 }
 
 /// What a sink's pre-commit adds to the manifest.
@@ -74,11 +81,13 @@ pub struct StoreError {
     pub message: String,
 }
 
-/// The manifests of one pipeline.
+/// The manifests of one pipeline, and its state files.
 pub struct ManifestStore {
     location: Location,
     /// `checkpoints/<pipeline>`.
     folder: ObjectPath,
+    /// `state/<pipeline>`.
+    state_folder: ObjectPath,
     /// Manifests kept.
     retain: usize,
 }
@@ -89,6 +98,7 @@ impl ManifestStore {
         ManifestStore {
             location,
             folder: ObjectPath::from(format!("checkpoints/{pipeline}")),
+            state_folder: ObjectPath::from(format!("state/{pipeline}")),
             retain: retain.max(1),
         }
     }
@@ -173,6 +183,110 @@ impl ManifestStore {
     }
 }
 
+/// State files: uploaded before the manifest that names them, read back on recovery, deleted
+/// once no kept manifest names them.
+impl ManifestStore {
+    /// Uploads the local file `local` as `object` (in parts when it is large).
+    pub async fn put_file(&self, object: &str, local: &std::path::Path) -> Result<(), StoreError> {
+        use tokio::io::AsyncReadExt;
+        const PART: usize = 16 << 20;
+        let path = ObjectPath::from(object);
+        let mut file = tokio::fs::File::open(local)
+            .await
+            .map_err(|e| self.error(format!("{}: {e}", local.display())))?;
+        let len = file.metadata().await.map_err(|e| self.error(e))?.len() as usize;
+        if len <= PART {
+            let mut bytes = Vec::with_capacity(len);
+            file.read_to_end(&mut bytes)
+                .await
+                .map_err(|e| self.error(e))?;
+            self.location
+                .store
+                .put(&path, PutPayload::from(bytes))
+                .await
+                .map_err(|e| self.error(e))?;
+            return Ok(());
+        }
+        let upload = self
+            .location
+            .store
+            .put_multipart(&path)
+            .await
+            .map_err(|e| self.error(e))?;
+        let mut writer = object_store::WriteMultipart::new_with_chunk_size(upload, PART);
+        let mut buf = vec![0; PART];
+        loop {
+            let n = file.read(&mut buf).await.map_err(|e| self.error(e))?;
+            if n == 0 {
+                break;
+            }
+            writer
+                .wait_for_capacity(2)
+                .await
+                .map_err(|e| self.error(e))?;
+            writer.write(&buf[..n]);
+        }
+        writer.finish().await.map_err(|e| self.error(e))?;
+        Ok(())
+    }
+
+    /// Downloads `object` into the local file `local`, a part at a time.
+    pub async fn get_file(&self, object: &str, local: &std::path::Path) -> Result<(), StoreError> {
+        use futures::StreamExt;
+        use tokio::io::AsyncWriteExt;
+        let fail = |e: std::io::Error| self.error(format!("{}: {e}", local.display()));
+        let mut file = tokio::fs::File::create(local).await.map_err(fail)?;
+        let mut stream = self
+            .location
+            .store
+            .get(&ObjectPath::from(object))
+            .await
+            .map_err(|e| self.error(format!("{object}: {e}")))?
+            .into_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| self.error(e))?;
+            file.write_all(&chunk).await.map_err(fail)?;
+        }
+        file.flush().await.map_err(fail)?;
+        Ok(())
+    }
+
+    /// Deletes the state files of checkpoints outside `keep` (ids of files to keep from, and
+    /// up to): files before the oldest kept chain, and files of checkpoints no manifest names.
+    pub async fn prune_state(&self, keep_from: u64, keep_to: u64) -> Result<usize, StoreError> {
+        let objects = storage::list(self.location.store.as_ref(), Some(&self.state_folder))
+            .await
+            .map_err(|e| self.error(e))?;
+        let mut removed = 0;
+        for o in objects {
+            let Some(id) = crate::state::id_of(o.location.as_ref()) else {
+                continue;
+            };
+            if id < keep_from || id > keep_to {
+                self.location
+                    .store
+                    .delete(&o.location)
+                    .await
+                    .map_err(|e| self.error(e))?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// The first state file the oldest kept manifest needs (0 when there is none).
+    pub async fn oldest_needed_state(&self) -> Result<u64, StoreError> {
+        let Some(&oldest) = self.ids().await?.first() else {
+            return Ok(0);
+        };
+        let manifest = self.read(oldest).await?;
+        Ok(manifest
+            .state
+            .and_then(|s| s.files.first().and_then(|f| crate::state::id_of(f)))
+            .unwrap_or(oldest))
+    }
+}
+
 /// One checkpoint on its way through the coordinator.
 pub struct Open {
     /// When its barrier left the source.
@@ -183,6 +297,12 @@ pub struct Open {
     pub offsets: Option<Vec<Offset>>,
     /// Pre-commits so far, by sink index.
     pub pending: BTreeMap<usize, Pending>,
+    /// The stage chain's state file (if anything changed) and event time, once it has
+    /// written them.
+    pub state: Option<(
+        Option<crate::state::StateFile>,
+        Vec<crate::runtime::event_time::PartitionTime>,
+    )>,
 }
 
 impl Open {
@@ -193,6 +313,7 @@ impl Open {
             started_ms: crate::plugin::now_ms(),
             offsets: None,
             pending: BTreeMap::new(),
+            state: None,
         }
     }
 }
@@ -242,6 +363,8 @@ mod tests {
             sinks: BTreeMap::new(),
             files: 0,
             bytes: 0,
+            state: None,
+            event_time: Vec::new(),
         }
     }
 

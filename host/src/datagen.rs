@@ -279,5 +279,6 @@ pub fn spec(
         start_time_ms,
         events_per_sec: events_per_sec.map(unspanned),
         batch_size: unspanned(1024),
+        disorder: None,
     }
 }

@@ -10,7 +10,9 @@
 //! - [`sources`]: built-in sources (`generator`, `file`, `kafka`).
 //! - [`plugin`]: the wasmtime embedding — compile cache, sandbox limits, trap containment.
 //! - [`record`]: record batches in the columnar layout shared with plugins.
-//! - [`sinks`]: built-in sinks (`parquet`, `iceberg`, `jsonl`, `stdout`, `blackhole`, `kafka`).
+//! - [`sinks`]: built-in sinks (`parquet`, `iceberg`, `postgres`, `redis`, `jsonl`, `stdout`,
+//!   `blackhole`, `kafka`).
+//! - [`state`]: the stages' keyed state — sled on local disk, deltas and snapshots for checkpoints.
 //! - [`checkpoint`]: manifests, the checkpoint coordinator's steps, recovery.
 //! - [`storage`]: object storage locations (local folders, S3 buckets).
 //! - [`datagen`]: `weir gen`, generated data to a file or a topic.
@@ -26,4 +28,5 @@ pub mod record;
 pub mod runtime;
 pub mod sinks;
 pub mod sources;
+pub mod state;
 pub mod storage;

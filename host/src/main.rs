@@ -10,7 +10,7 @@ use weir::{
     datagen,
     pipeline::{
         self,
-        spec::{GeneratorFormat, KafkaSinkSpec, unspanned},
+        spec::{DisorderSpec, GeneratorFormat, KafkaSinkSpec, unspanned},
     },
     plugin::{Limits, PluginHost, conformance},
     runtime::{self, RunOptions},
@@ -104,6 +104,16 @@ struct GenArgs {
     /// Symbols to trade, comma-separated (trade formats; default: six USDT pairs).
     #[arg(long, value_delimiter = ',')]
     symbols: Option<Vec<String>>,
+    /// Move each record's event time back by a random amount below this many ms (out of order
+    /// within that bound), as the generator source's `disorder.max_ms`.
+    #[arg(long, default_value_t = 0)]
+    disorder_ms: u64,
+    /// Make every N-th record late by `--late-by-ms` more, as `disorder.late_every`.
+    #[arg(long, default_value_t = 0)]
+    late_every: u64,
+    /// How far back a late record moves, in ms, as `disorder.late_by_ms`.
+    #[arg(long, default_value_t = 600_000)]
+    late_by_ms: u64,
     /// Write to this file (one value per line) instead of standard output.
     #[arg(long, conflicts_with = "topic")]
     out: Option<PathBuf>,
@@ -264,7 +274,7 @@ fn test_plugin(host: &PluginHost, path: &Path, cases: &Path, limits: Limits) -> 
 
 /// `weir gen`.
 fn generate(args: GenArgs) -> ExitCode {
-    let spec = datagen::spec(
+    let mut spec = datagen::spec(
         args.format,
         args.count,
         args.rate,
@@ -273,6 +283,11 @@ fn generate(args: GenArgs) -> ExitCode {
         args.events_per_sec,
         args.symbols,
     );
+    spec.disorder = Some(DisorderSpec {
+        max_ms: args.disorder_ms,
+        late_every: args.late_every,
+        late_by_ms: args.late_by_ms,
+    });
     let output = match (args.topic, args.out) {
         (Some(topic), _) => datagen::Output::Kafka {
             sink: Box::new(KafkaSinkSpec {

@@ -56,6 +56,7 @@ pub fn python() -> PathBuf {
 pub fn duckdb(sql: &str) -> Vec<serde_json::Value> {
     let script = r#"
 import duckdb, json, sys
+duckdb.sql("SET enable_progress_bar = false")  # a long query would print one on stdout
 rows = duckdb.sql(sys.argv[1])
 cols = rows.columns
 print(json.dumps([dict(zip(cols, r)) for r in rows.fetchall()], default=str))

@@ -121,6 +121,8 @@ pub struct Pipeline {
     pub sinks: Vec<Sink>,
     /// Checkpoint settings.
     pub checkpoint: Checkpointing,
+    /// Watermark settings.
+    pub event_time: crate::runtime::event_time::Settings,
     /// How to reach `s3://` locations.
     pub s3: crate::storage::S3Config,
 }
@@ -134,6 +136,8 @@ pub struct Checkpointing {
     pub store: String,
     /// Manifests kept.
     pub retain: usize,
+    /// Folder of the keyed state database (absolute, or relative to the pipeline file).
+    pub state_dir: String,
 }
 
 /// Reads and parses a pipeline file, without checking what it refers to.
@@ -340,6 +344,23 @@ pub fn check(file: &Path, spec: PipelineSpec, host: &PluginHost) -> Result<Pipel
             }
             check_iceberg(iceberg, &mut problems);
         }
+        if matches!(sink.kind.value, SinkKind::Postgres(_) | SinkKind::Redis(_))
+            && route == Some(Route::Dlq)
+        {
+            problems.at(
+                &sink.input.referenced,
+                format!(
+                    "dead letters can be any bytes, and a {} sink refuses records it cannot read, which would then have nowhere to go: send `dlq` to a `jsonl`, `stdout` or `kafka` sink",
+                    sink.kind.value.type_name()
+                ),
+            );
+        }
+        if let SinkKind::Postgres(postgres) = &sink.kind.value {
+            check_postgres(postgres, &mut problems);
+        }
+        if let SinkKind::Redis(redis) = &sink.kind.value {
+            check_redis(redis, &mut problems);
+        }
         if let Some(route) = route {
             read.insert(route);
             sinks.push(Sink {
@@ -391,7 +412,7 @@ pub fn check(file: &Path, spec: PipelineSpec, host: &PluginHost) -> Result<Pipel
         }
         let json_source = matches!(&spec.source.value, SourceSpec::Kafka(k) if k.format.value != spec::ValueFormat::Raw);
         let may_reject =
-            json_source || !stages.is_empty() || sinks.iter().any(|s| s.kind.reads_json());
+            json_source || !stages.is_empty() || sinks.iter().any(|s| s.kind.may_reject());
         if may_reject && !read.contains(&Route::Dlq) {
             problems.at(
                 &spec.sinks.referenced,
@@ -407,9 +428,33 @@ pub fn check(file: &Path, spec: PipelineSpec, host: &PluginHost) -> Result<Pipel
             "retain must be at least 1: recovery needs the newest manifest",
         );
     }
+    let et = &spec.event_time;
+    for (secs, name) in [
+        (&et.max_out_of_orderness_secs, "max_out_of_orderness_secs"),
+        (&et.idle_timeout_secs, "idle_timeout_secs"),
+        (&et.allowed_lateness_secs, "allowed_lateness_secs"),
+    ] {
+        if !(secs.value.is_finite() && secs.value >= 0.0 && secs.value < 1e9) {
+            problems.at(
+                &secs.referenced,
+                format!("{name} must be a number of seconds, 0 or more"),
+            );
+        }
+    }
+    if et.idle_timeout_secs.value == 0.0 {
+        problems.at(
+            &et.idle_timeout_secs.referenced,
+            "idle_timeout_secs must be more than 0: every partition would count as idle",
+        );
+    }
     if !problems.found.is_empty() {
         return Err(SpecErrors(problems.found));
     }
+    let event_time = crate::runtime::event_time::Settings {
+        max_out_of_orderness_ms: (et.max_out_of_orderness_secs.value * 1000.0) as i64,
+        idle_timeout: Duration::from_secs_f64(et.idle_timeout_secs.value),
+        allowed_lateness_ms: (et.allowed_lateness_secs.value * 1000.0) as i64,
+    };
     let source = spec.source.value;
     Ok(Pipeline {
         name: spec.name.value,
@@ -422,7 +467,9 @@ pub fn check(file: &Path, spec: PipelineSpec, host: &PluginHost) -> Result<Pipel
             interval: spec.checkpoint.interval.value.0,
             store: spec.checkpoint.store.value,
             retain: spec.checkpoint.retain.value.max(1),
+            state_dir: spec.checkpoint.state_dir.value,
         },
+        event_time,
         s3: crate::storage::S3Config::resolve(&spec.object_store),
     })
 }
@@ -670,9 +717,159 @@ fn check_iceberg(iceberg: &spec::IcebergSinkSpec, problems: &mut Problems) {
             "keep_snapshots must be at least 1",
         );
     }
+    check_iceberg_key(iceberg, problems);
 }
 
-/// Columns of a sink that writes columns (`parquet`, `iceberg`).
+/// `mode: upsert` needs a `key` of columns that can identify a row (Iceberg's rules for
+/// identifier fields: required, not floating point), and a catalog Weir can commit deletes to.
+fn check_iceberg_key(iceberg: &spec::IcebergSinkSpec, problems: &mut Problems) {
+    let mode = &iceberg.mode;
+    let Some(key) = &iceberg.key else {
+        if mode.value == spec::IcebergMode::Upsert {
+            problems.at(
+                &mode.referenced,
+                "`mode: upsert` needs a `key`: the columns that identify a row, such as `key: [id]`",
+            );
+        }
+        return;
+    };
+    if mode.value == spec::IcebergMode::Append {
+        problems.at(
+            &key.referenced,
+            "`key` is only read with `mode: upsert`: an append table keeps every record",
+        );
+        return;
+    }
+    if iceberg.catalog.value.kind == spec::CatalogKind::Rest {
+        problems.at(
+            &mode.referenced,
+            "`mode: upsert` needs a `sql` catalog: Weir commits row-level deletes by swapping the table's metadata itself, which it does not do through a `rest` catalog yet",
+        );
+    }
+    if key.value.is_empty() {
+        problems.at(
+            &key.referenced,
+            "`key` needs at least one column, such as `key: [id]`",
+        );
+    }
+    let mut seen = HashSet::new();
+    for name in &key.value {
+        let Some(column) = iceberg
+            .schema
+            .value
+            .iter()
+            .find(|c| c.name.value == name.value)
+        else {
+            problems.at(
+                &name.referenced,
+                format!(
+                    "key names `{}`, which is not a column of the schema",
+                    name.value
+                ),
+            );
+            continue;
+        };
+        if !seen.insert(&name.value) {
+            problems.at(
+                &name.referenced,
+                format!("key names `{}` twice", name.value),
+            );
+        } else if matches!(
+            column.kind,
+            spec::ColumnType::Float32 | spec::ColumnType::Float64
+        ) {
+            problems.at(
+                &name.referenced,
+                format!(
+                    "key column `{}` is `{}`: a key cannot be floating point (equal numbers need not compare equal)",
+                    name.value,
+                    type_name(column.kind)
+                ),
+            );
+        } else if column.nullable {
+            problems.at(
+                &name.referenced,
+                format!(
+                    "key column `{}` may be null: declare it `nullable: false` (an Iceberg identifier field is required)",
+                    name.value
+                ),
+            );
+        }
+    }
+}
+
+fn check_postgres(postgres: &spec::PostgresSinkSpec, problems: &mut Problems) {
+    if let Some(url) = &postgres.url
+        && let Err(e) = crate::sinks::postgres::check_url(&url.value)
+    {
+        problems.at(&url.referenced, e);
+    }
+    if let Err(e) = crate::sinks::postgres::parse_table(&postgres.table.value) {
+        problems.at(&postgres.table.referenced, e);
+    }
+    let key = &postgres.key;
+    if key.value.is_empty() {
+        problems.at(
+            &key.referenced,
+            "a postgres sink needs at least one `key` column: rows are upserted by it",
+        );
+    }
+    let mut seen = HashSet::new();
+    for column in &key.value {
+        let name = &column.value;
+        if !seen.insert(name) {
+            problems.at(
+                &column.referenced,
+                format!("key column `{name}` is named twice"),
+            );
+        } else if !postgres.schema.value.iter().any(|c| &c.name.value == name) {
+            problems.at(
+                &column.referenced,
+                format!("key column `{name}` is not a column of the schema"),
+            );
+        }
+    }
+    check_columns(&postgres.schema, "postgres", problems);
+    for column in &postgres.schema.value {
+        if column.name.value.len() > 63 {
+            problems.at(
+                &column.name.referenced,
+                format!(
+                    "column `{}` is longer than 63 bytes, which Postgres would cut",
+                    column.name.value
+                ),
+            );
+        }
+    }
+}
+
+fn check_redis(redis: &spec::RedisSinkSpec, problems: &mut Problems) {
+    if let Err(e) = crate::sinks::redis::check_url(&redis.url.value) {
+        problems.at(&redis.url.referenced, e);
+    }
+    match crate::sinks::redis::Template::parse(&redis.key.value) {
+        Err(e) => problems.at(&redis.key.referenced, e),
+        Ok(_) if redis.key.value.is_empty() => {
+            problems.at(&redis.key.referenced, "a key template cannot be empty")
+        }
+        Ok(_) => {}
+    }
+    if let Some(value) = &redis.value
+        && let Err(e) = crate::sinks::redis::Template::parse(&value.value)
+    {
+        problems.at(&value.referenced, e);
+    }
+    if let Some(ttl) = &redis.ttl
+        && ttl.value.0.is_zero()
+    {
+        problems.at(
+            &ttl.referenced,
+            "ttl must be at least 1ms (leave it out for keys that do not expire)",
+        );
+    }
+}
+
+/// Columns of a sink that writes columns (`parquet`, `iceberg`, `postgres`).
 fn check_columns(schema: &Spanned<Vec<spec::ColumnSpec>>, sink: &str, problems: &mut Problems) {
     if schema.value.is_empty() {
         problems.at(

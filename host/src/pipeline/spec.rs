@@ -42,6 +42,10 @@ pub struct PipelineSpec {
     /// Checkpoint settings.
     #[serde(default)]
     pub checkpoint: CheckpointSpec,
+    /// Event time: how the watermark that closes windows is derived from the records'
+    /// timestamps.
+    #[serde(default)]
+    pub event_time: EventTimeSpec,
     /// How to reach `s3://` locations (checkpoint store, Parquet folders, Iceberg warehouses).
     #[serde(default)]
     pub object_store: ObjectStoreSpec,
@@ -73,7 +77,7 @@ pub struct ObjectStoreSpec {
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum SourceSpec {
     /// Synthetic crypto trades, deterministic for a given seed.
-    Generator(GeneratorSpec),
+    Generator(Box<GeneratorSpec>),
     /// A file of JSON lines (any text lines, in fact: each line is one record's value).
     File(FileSourceSpec),
     /// Topics of a Kafka cluster, read as a member of a consumer group.
@@ -187,8 +191,8 @@ pub enum GeneratorFormat {
     /// Gauges of 20 hosts: `{"host":"web-07","metric":"cpu_percent","value":37.25,"ts_ms":…,"tags":{…}}`,
     /// keyed by host.
     Metrics,
-    /// Inserts, updates and deletes of a `customers` table in a Debezium-like envelope:
-    /// `{"before":…,"after":…,"source":{…,"table":"customers","lsn":…},"op":"c|u|d","ts_ms":…}`,
+    /// Inserts, updates and deletes of a `users` table in a Debezium-like envelope:
+    /// `{"before":…,"after":…,"source":{…,"table":"users","lsn":…},"op":"c|u|d","ts_ms":…}`,
     /// keyed by `{"id":N}`.
     Cdc,
 }
@@ -218,6 +222,30 @@ pub struct GeneratorSpec {
     /// Records per batch handed to the stages.
     #[serde(default = "default_batch_size")]
     pub batch_size: Spanned<usize>,
+    /// Event times out of order, and late records, to exercise windows and watermarks.
+    pub disorder: Option<DisorderSpec>,
+}
+
+/// Out-of-order event times from the generator. The records themselves do not change (the same
+/// seed gives the same records with or without it); only their event times do.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DisorderSpec {
+    /// Each record's event time moves back by a random amount below this many ms, so records
+    /// arrive out of order within that bound.
+    #[serde(default)]
+    pub max_ms: u64,
+    /// Every this-many-th record is late: its event time moves back `late_by_ms` more
+    /// (0, the default: none). Records in the first `late_by_ms` of event time are left alone.
+    #[serde(default)]
+    pub late_every: u64,
+    /// How far back a late record moves, in ms (default 600000, ten minutes).
+    #[serde(default = "default_late_by")]
+    pub late_by_ms: u64,
+}
+
+fn default_late_by() -> u64 {
+    600_000
 }
 
 /// Settings of the `file` source.
@@ -288,6 +316,10 @@ pub enum SinkKind {
     Kafka(KafkaSinkSpec),
     /// An Apache Iceberg table, one snapshot per checkpoint.
     Iceberg(Box<IcebergSinkSpec>),
+    /// A PostgreSQL table, upserted by key once per checkpoint.
+    Postgres(Box<PostgresSinkSpec>),
+    /// The latest value per key in Redis, set once per checkpoint.
+    Redis(Box<RedisSinkSpec>),
 }
 
 impl SinkKind {
@@ -297,7 +329,30 @@ impl SinkKind {
         match self {
             SinkKind::Parquet(p) => p.reads_json(),
             SinkKind::Iceberg(i) => i.reads_json(),
+            SinkKind::Postgres(p) => p.schema.value.iter().any(|c| c.meta.is_none()),
+            SinkKind::Redis(r) => r.reads_json(),
             _ => false,
+        }
+    }
+
+    /// Whether the sink may refuse a record (which then goes to the dead letters): one that
+    /// does not fit its schema, or has no key.
+    pub fn may_reject(&self) -> bool {
+        match self {
+            // A record without a key column (even one of metadata: a record without a key), or
+            // without the field or key a template names.
+            SinkKind::Postgres(_) | SinkKind::Redis(_) => true,
+            _ => self.reads_json(),
+        }
+    }
+
+    /// Gives a sink that keeps progress in its target the sink's name, which tags what it
+    /// stages and commits there.
+    fn set_sink_name(&mut self, name: &str) {
+        match self {
+            SinkKind::Postgres(p) => p.sink = name.to_string(),
+            SinkKind::Redis(r) => r.sink = name.to_string(),
+            _ => {}
         }
     }
 
@@ -310,6 +365,8 @@ impl SinkKind {
             SinkKind::Blackhole(_) => "blackhole",
             SinkKind::Kafka(_) => "kafka",
             SinkKind::Iceberg(_) => "iceberg",
+            SinkKind::Postgres(_) => "postgres",
+            SinkKind::Redis(_) => "redis",
         }
     }
 }
@@ -317,6 +374,8 @@ impl SinkKind {
 const SINK_TYPES: &[&str] = &[
     "parquet",
     "iceberg",
+    "postgres",
+    "redis",
     "jsonl",
     "stdout",
     "blackhole",
@@ -356,6 +415,30 @@ pub struct IcebergSinkSpec {
     /// and each reader parses).
     #[serde(default = "default_keep_snapshots")]
     pub keep_snapshots: Spanned<usize>,
+    /// How records change the table: `append` (default) adds every record as a row; `upsert`
+    /// keeps one row per `key`, the last one written (a record whose header `weir-op` is
+    /// `delete` deletes the row of the key read from its value). `upsert` needs a `sql`
+    /// catalog, and makes the table format version 2 with `key` as its identifier fields.
+    #[serde(default = "default_iceberg_mode")]
+    pub mode: Spanned<IcebergMode>,
+    /// With `mode: upsert`, the columns that identify a row (`nullable: false`, not floating
+    /// point), such as `key: [id]`.
+    pub key: Option<Spanned<Vec<Spanned<String>>>>,
+}
+
+/// How the `iceberg` sink changes its table.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum IcebergMode {
+    /// Every record is a new row.
+    #[default]
+    Append,
+    /// One row per key: a record replaces the row with its key, or deletes it.
+    Upsert,
+}
+
+fn default_iceberg_mode() -> Spanned<IcebergMode> {
+    unspanned(IcebergMode::Append)
 }
 
 /// An Iceberg catalog.
@@ -414,7 +497,7 @@ impl ParquetSinkSpec {
 }
 
 /// A Parquet column.
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ColumnSpec {
     /// Column name.
@@ -505,6 +588,65 @@ pub enum Compression {
     None,
 }
 
+/// Settings of the `postgres` sink. Rows are upserted into a table by its key columns, exactly
+/// once: at a checkpoint the rows are staged (durable, not visible), and once the manifest is
+/// stored they are applied in one transaction that also records the checkpoint id. A record with
+/// the header `weir-op: delete` deletes the row its key columns name.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresSinkSpec {
+    /// Connection URL, `postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE`; default
+    /// `$DATABASE_URL`.
+    pub url: Option<Spanned<String>>,
+    /// The table, `NAME` or `SCHEMA.NAME` (unquoted; names are used exactly as written). If it
+    /// does not exist it is created with the schema's columns and `PRIMARY KEY (key…)`; if it
+    /// does, it must have each column, of the same type, a unique key on exactly `key`, and no
+    /// `NOT NULL` column a record could leave empty.
+    pub table: Spanned<String>,
+    /// The primary key: columns of the schema. A record without one goes to the dead letters.
+    pub key: Spanned<Vec<Spanned<String>>>,
+    /// Columns, as for the `parquet` sink. An upsert sets every one of them.
+    pub schema: Spanned<Vec<ColumnSpec>>,
+    /// The sink's name, which tags its staged rows and progress rows (set from `name:`, not
+    /// read from the sink's settings).
+    #[serde(skip)]
+    pub(crate) sink: String,
+}
+
+/// Settings of the `redis` sink: the latest value per key, set exactly once per checkpoint
+/// (staged in a hash, then applied by one Lua script that records the checkpoint id). A record
+/// with the header `weir-op: delete` deletes its key.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSinkSpec {
+    /// Server URL (default `redis://127.0.0.1:6379`); `redis://[:PASSWORD@]HOST[:PORT][/DB]`.
+    #[serde(default = "default_redis_url")]
+    pub url: Spanned<String>,
+    /// The Redis key of a record: a template such as `latest:{symbol}`, where `{FIELD}` is a
+    /// top-level field of the JSON value and `{key}` the record's key (`{{` and `}}` for braces).
+    pub key: Spanned<String>,
+    /// What is stored: the record's value bytes as they are (default), or a template like
+    /// `key`'s, such as `{p}`.
+    pub value: Option<Spanned<String>>,
+    /// Expiry of each key set (such as `10m`): the time is counted from the checkpoint's
+    /// commit. Without it keys do not expire.
+    pub ttl: Option<Spanned<DurationSpec>>,
+    /// The sink's name, which tags its staging hashes and progress key (set from `name:`, not
+    /// read from the sink's settings).
+    #[serde(skip)]
+    pub(crate) sink: String,
+}
+
+impl RedisSinkSpec {
+    /// Whether a template names a field of the JSON value.
+    pub fn reads_json(&self) -> bool {
+        [Some(&self.key), self.value.as_ref()]
+            .into_iter()
+            .flatten()
+            .any(|t| crate::sinks::redis::Template::parse(&t.value).is_ok_and(|t| t.reads_json()))
+    }
+}
+
 /// Settings of the `jsonl` sink.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -562,6 +704,58 @@ pub struct CheckpointSpec {
     /// Manifests kept (default 10); older ones are deleted.
     #[serde(default = "default_retain")]
     pub retain: Spanned<usize>,
+    /// Folder of the stages' keyed state database on local disk, relative to the pipeline
+    /// file (default `.weir/state`); the pipeline's own folder is made in it. It is a cache:
+    /// a checkpoint's state lives in the checkpoint store, and a missing or stale database is
+    /// rebuilt from there.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: Spanned<String>,
+}
+
+/// Event-time settings. The watermark is the newest record timestamp of each source partition
+/// minus `max_out_of_orderness_secs`, the minimum over the partitions that are not idle, minus
+/// `allowed_lateness_secs`; it never goes back. Windows close when it passes their end; a
+/// record older than it is late (a windowing stage sends it to its `late` output).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventTimeSpec {
+    /// How far out of order records may arrive within a partition, in seconds (default 5).
+    #[serde(default = "default_out_of_orderness")]
+    pub max_out_of_orderness_secs: Spanned<f64>,
+    /// A partition that sends nothing for this long, in seconds, stops holding the watermark
+    /// back until it sends again (default 30).
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_secs: Spanned<f64>,
+    /// How much longer, in seconds, windows stay open for records that arrive late
+    /// (default 0): the watermark is held back by this much more.
+    #[serde(default = "default_lateness")]
+    pub allowed_lateness_secs: Spanned<f64>,
+}
+
+impl Default for EventTimeSpec {
+    fn default() -> Self {
+        EventTimeSpec {
+            max_out_of_orderness_secs: default_out_of_orderness(),
+            idle_timeout_secs: default_idle_timeout(),
+            allowed_lateness_secs: default_lateness(),
+        }
+    }
+}
+
+fn default_out_of_orderness() -> Spanned<f64> {
+    unspanned(5.0)
+}
+
+fn default_idle_timeout() -> Spanned<f64> {
+    unspanned(30.0)
+}
+
+fn default_lateness() -> Spanned<f64> {
+    unspanned(0.0)
+}
+
+fn default_state_dir() -> Spanned<String> {
+    unspanned(".weir/state".into())
 }
 
 impl Default for CheckpointSpec {
@@ -570,6 +764,7 @@ impl Default for CheckpointSpec {
             interval: default_checkpoint_interval(),
             store: default_checkpoint_store(),
             retain: default_retain(),
+            state_dir: default_state_dir(),
         }
     }
 }
@@ -645,6 +840,10 @@ fn default_catalog_name() -> Spanned<String> {
     unspanned("weir".into())
 }
 
+fn default_redis_url() -> Spanned<String> {
+    unspanned("redis://127.0.0.1:6379".into())
+}
+
 fn default_retain() -> Spanned<usize> {
     unspanned(10)
 }
@@ -679,13 +878,19 @@ enum SinkKey {
     Blackhole,
     Kafka,
     Iceberg,
+    Postgres,
+    Redis,
 }
 
 impl<'de> Visitor<'de> for SinkVisitor {
     type Value = SinkSpec;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a sink: `name`, `input` and one of `parquet`, `jsonl`, `stdout`, `blackhole`")
+        write!(f, "a sink: `name`, `input` and one of ")?;
+        for (i, t) in SINK_TYPES.iter().enumerate() {
+            write!(f, "{}`{t}`", if i > 0 { ", " } else { "" })?;
+        }
+        Ok(())
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<SinkSpec, A::Error> {
@@ -720,6 +925,14 @@ impl<'de> Visitor<'de> for SinkVisitor {
                         SinkKind::Iceberg(Box::new(s))
                     })
                 }
+                SinkKey::Postgres => {
+                    spanned_kind(map.next_value::<Spanned<PostgresSinkSpec>>()?, |s| {
+                        SinkKind::Postgres(Box::new(s))
+                    })
+                }
+                SinkKey::Redis => spanned_kind(map.next_value::<Spanned<RedisSinkSpec>>()?, |s| {
+                    SinkKind::Redis(Box::new(s))
+                }),
                 SinkKey::Blackhole => spanned_kind(
                     map.next_value::<Spanned<Option<BlackholeSinkSpec>>>()?,
                     |_| SinkKind::Blackhole(BlackholeSinkSpec {}),
@@ -736,7 +949,7 @@ impl<'de> Visitor<'de> for SinkVisitor {
         }
         let name: Spanned<String> = name.ok_or_else(|| de::Error::missing_field("name"))?;
         let input = input.ok_or_else(|| de::Error::missing_field("input"))?;
-        let kind = kind.ok_or_else(|| {
+        let mut kind = kind.ok_or_else(|| {
             de::Error::custom(format!(
                 "sink `{}` has no type: add one of {}",
                 name.value,
@@ -747,6 +960,7 @@ impl<'de> Visitor<'de> for SinkVisitor {
                     .join(", ")
             ))
         })?;
+        kind.value.set_sink_name(&name.value);
         Ok(SinkSpec { name, input, kind })
     }
 }

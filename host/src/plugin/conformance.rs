@@ -350,10 +350,7 @@ fn run_case(plugin: &Plugin, limits: &Limits, case: &Case) -> Vec<String> {
         let mut found = Vec::new();
         compare_output(&out, &step.expect, runner.outputs(), &mut found);
         if let Some(expected) = &step.expect.state {
-            let actual: BTreeMap<Vec<u8>, Vec<u8>> = runner
-                .keyed_state()
-                .map(|(k, v)| (k.to_vec(), v.to_vec()))
-                .collect();
+            let actual: BTreeMap<Vec<u8>, Vec<u8>> = runner.keyed_state().into_iter().collect();
             let expected: BTreeMap<Vec<u8>, Vec<u8>> = expected
                 .iter()
                 .map(|(k, v)| (k.0.clone(), v.0.clone()))

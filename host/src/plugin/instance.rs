@@ -2,6 +2,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
+    ops::Bound,
     sync::{
         Arc,
         atomic::{AtomicI64, Ordering},
@@ -15,6 +16,8 @@ use wasmtime_wasi::{
     p2::pipe::MemoryOutputPipe,
 };
 
+use crate::state::{Backing, Changes, SPILL_AT_BYTES};
+
 use super::{
     EPOCH_TICK, Limits, Plugin, PluginError,
     bindings::{
@@ -27,12 +30,22 @@ use super::{
 const STDERR_CAPACITY: usize = 16 << 10;
 
 /// Keyed state and timers of one stage, kept by the host so that they outlive any instance.
+///
+/// Writes go to `dirty`, a write-back map that the next checkpoint moves into the state
+/// database ([`crate::state`]); reads look there first, then in the database. Without a
+/// database (a plugin under test, a benchmark) the map is the whole state.
 #[derive(Debug, Default)]
 struct Keyed {
-    /// The stage's keyed state.
-    state: BTreeMap<Vec<u8>, Vec<u8>>,
-    /// Registered event-time timers, ordered by time.
+    /// The stage's state in the database, if it has one.
+    backing: Option<Backing>,
+    /// Keys set (`Some`) or deleted (`None`) since the last checkpoint.
+    dirty: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Bytes in `dirty`, to spill it before it outgrows its budget.
+    dirty_bytes: usize,
+    /// Registered event-time timers, ordered by time (all of them: a timer is small).
     timers: BTreeSet<(i64, Vec<u8>)>,
+    /// Timers registered (`true`) or removed (`false`) since the last checkpoint.
+    timer_changes: BTreeMap<(i64, Vec<u8>), bool>,
     /// Changes made by the call in progress, newest last, so that a trapped call can be undone
     /// before its batch is retried.
     undo: Vec<Undo>,
@@ -40,29 +53,115 @@ struct Keyed {
 
 #[derive(Debug)]
 enum Undo {
-    State(Vec<u8>, Option<Vec<u8>>),
-    TimerAdded(i64, Vec<u8>),
-    TimerRemoved(i64, Vec<u8>),
+    /// A key's entry in `dirty` before the call changed it.
+    State(Vec<u8>, Option<Option<Vec<u8>>>),
+    /// A timer added (`true`) or removed, and its entry in `timer_changes` before.
+    Timer(i64, Vec<u8>, bool, Option<bool>),
 }
 
 impl Keyed {
+    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        match self.dirty.get(key) {
+            Some(value) => value.clone(),
+            None => self.backing.as_ref().and_then(|b| b.get(key)),
+        }
+    }
+
+    fn put(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) {
+        self.dirty_bytes += key.len() + value.as_ref().map_or(0, Vec::len) + 32;
+        let old = self.dirty.insert(key.clone(), value);
+        self.undo.push(Undo::State(key, old));
+    }
+
+    fn timer(&mut self, time_ms: i64, key: Vec<u8>, add: bool) {
+        let changed = if add {
+            self.timers.insert((time_ms, key.clone()))
+        } else {
+            self.timers.remove(&(time_ms, key.clone()))
+        };
+        if changed {
+            // Without a database nothing reads the changes: the timers are all there is.
+            let old = match self.backing {
+                Some(_) => self.timer_changes.insert((time_ms, key.clone()), add),
+                None => None,
+            };
+            self.undo.push(Undo::Timer(time_ms, key, add, old));
+        }
+    }
+
     fn rollback(&mut self) {
         while let Some(undo) = self.undo.pop() {
             match undo {
                 Undo::State(key, Some(old)) => {
-                    self.state.insert(key, old);
+                    self.dirty.insert(key, old);
                 }
                 Undo::State(key, None) => {
-                    self.state.remove(&key);
+                    self.dirty.remove(&key);
                 }
-                Undo::TimerAdded(time, key) => {
-                    self.timers.remove(&(time, key));
-                }
-                Undo::TimerRemoved(time, key) => {
-                    self.timers.insert((time, key));
+                Undo::Timer(time, key, added, old) => {
+                    if added {
+                        self.timers.remove(&(time, key.clone()));
+                    } else {
+                        self.timers.insert((time, key.clone()));
+                    }
+                    match old {
+                        Some(old) => self.timer_changes.insert((time, key), old),
+                        None if self.backing.is_some() => self.timer_changes.remove(&(time, key)),
+                        None => None,
+                    };
                 }
             }
         }
+    }
+
+    /// After a call that succeeded: forgets its undo log, and spills the dirty map to the
+    /// database once it outgrows its budget.
+    fn settle(&mut self) {
+        self.undo.clear();
+        if self.dirty_bytes >= SPILL_AT_BYTES
+            && let Some(backing) = &self.backing
+        {
+            backing.spill(&mut self.dirty);
+            self.dirty_bytes = 0;
+        }
+    }
+
+    /// Entries whose key starts with `prefix`, after `from`, in key order: the dirty map over
+    /// the database.
+    fn scan(&self, prefix: &[u8], from: Bound<Vec<u8>>, limit: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let mut dirty = self
+            .dirty
+            .range::<Vec<u8>, _>((from.clone(), Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .peekable();
+        let mut stored = self
+            .backing
+            .as_ref()
+            .map(|b| b.range(prefix, from))
+            .into_iter()
+            .flatten()
+            .peekable();
+        let mut out = Vec::new();
+        while out.len() < limit {
+            let order = match (dirty.peek(), stored.peek()) {
+                (None, None) => break,
+                (Some(_), None) => std::cmp::Ordering::Less,
+                (None, Some(_)) => std::cmp::Ordering::Greater,
+                (Some((dk, _)), Some((sk, _))) => dk.as_slice().cmp(sk.as_slice()),
+            };
+            if order == std::cmp::Ordering::Equal {
+                stored.next(); // the dirty map's entry is newer
+            }
+            if order != std::cmp::Ordering::Greater {
+                let (k, v) = dirty.next().expect("peeked");
+                if let Some(v) = v {
+                    out.push((k.clone(), v.clone()));
+                }
+            } else {
+                out.push(stored.next().expect("peeked"));
+            }
+        }
+        out
     }
 }
 
@@ -106,18 +205,15 @@ impl host::Host for HostState {
 
 impl state::Host for HostState {
     fn get(&mut self, key: Vec<u8>) -> Option<Vec<u8>> {
-        self.keyed.state.get(&key).cloned()
+        self.keyed.get(&key)
     }
 
     fn set(&mut self, key: Vec<u8>, value: Vec<u8>) {
-        let old = self.keyed.state.insert(key.clone(), value);
-        self.keyed.undo.push(Undo::State(key, old));
+        self.keyed.put(key, Some(value));
     }
 
     fn delete(&mut self, key: Vec<u8>) {
-        if let Some(old) = self.keyed.state.remove(&key) {
-            self.keyed.undo.push(Undo::State(key, Some(old)));
-        }
+        self.keyed.put(key, None);
     }
 
     fn scan_prefix(
@@ -126,32 +222,21 @@ impl state::Host for HostState {
         start_after: Option<Vec<u8>>,
         limit: u32,
     ) -> Vec<(Vec<u8>, Vec<u8>)> {
-        use std::ops::Bound;
         let from = match start_after {
             Some(after) if after >= prefix => Bound::Excluded(after),
             _ => Bound::Included(prefix.clone()),
         };
-        self.keyed
-            .state
-            .range((from, Bound::Unbounded))
-            .take_while(|(k, _)| k.starts_with(&prefix))
-            .take(limit as usize)
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
+        self.keyed.scan(&prefix, from, limit as usize)
     }
 }
 
 impl timers::Host for HostState {
     fn register(&mut self, key: Vec<u8>, time_ms: i64) {
-        if self.keyed.timers.insert((time_ms, key.clone())) {
-            self.keyed.undo.push(Undo::TimerAdded(time_ms, key));
-        }
+        self.keyed.timer(time_ms, key, true);
     }
 
     fn cancel(&mut self, key: Vec<u8>, time_ms: i64) {
-        if self.keyed.timers.remove(&(time_ms, key.clone())) {
-            self.keyed.undo.push(Undo::TimerRemoved(time_ms, key));
-        }
+        self.keyed.timer(time_ms, key, false);
     }
 }
 
@@ -253,11 +338,46 @@ impl StageRunner {
     }
 
     /// The stage's keyed state, in key order.
-    pub fn keyed_state(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
-        self.keyed()
-            .state
-            .iter()
-            .map(|(k, v)| (k.as_slice(), v.as_slice()))
+    pub fn keyed_state(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        self.keyed().scan(&[], Bound::Unbounded, usize::MAX)
+    }
+
+    fn keyed_mut(&mut self) -> &mut Keyed {
+        &mut self
+            .instance
+            .as_mut()
+            .expect("runner has an instance")
+            .store
+            .data_mut()
+            .keyed
+    }
+
+    /// Backs the stage's state with the state database, whose timers it loads; what the stage
+    /// held in memory before is dropped (a stage is attached before its first batch).
+    pub fn attach_state(&mut self, backing: Backing) -> Result<(), crate::state::StateError> {
+        let timers = backing.timers()?;
+        let keyed = self.keyed_mut();
+        *keyed = Keyed {
+            backing: Some(backing),
+            timers,
+            ..Keyed::default()
+        };
+        Ok(())
+    }
+
+    /// The changes since the last call of this, for a checkpoint.
+    pub fn take_changes(&mut self) -> Changes {
+        let keyed = self.keyed_mut();
+        keyed.dirty_bytes = 0;
+        Changes {
+            state: std::mem::take(&mut keyed.dirty),
+            timers: std::mem::take(&mut keyed.timer_changes),
+        }
+    }
+
+    /// The earliest registered timer, if any.
+    pub fn next_timer(&self) -> Option<i64> {
+        self.keyed().timers.first().map(|(t, _)| *t)
     }
 
     /// The registered timers, `(time_ms, key)` in time order.
@@ -267,19 +387,18 @@ impl StageRunner {
 
     /// Timers registered for event times at or before `watermark_ms`, removed from the set.
     fn due_timers(&mut self, watermark_ms: i64) -> Vec<Timer> {
-        let keyed = &mut self
-            .instance
-            .as_mut()
-            .expect("runner has an instance")
-            .store
-            .data_mut()
-            .keyed;
+        let keyed = self.keyed_mut();
         let later = keyed
             .timers
             .split_off(&(watermark_ms.saturating_add(1), Vec::new()));
         let due = std::mem::replace(&mut keyed.timers, later);
         due.into_iter()
-            .map(|(time_ms, key)| Timer { key, time_ms })
+            .map(|(time_ms, key)| {
+                if keyed.backing.is_some() {
+                    keyed.timer_changes.insert((time_ms, key.clone()), false);
+                }
+                Timer { key, time_ms }
+            })
             .collect()
     }
 
@@ -407,7 +526,7 @@ impl StageRunner {
             .and_then(|()| f(&instance.bindings, &mut instance.store));
         match result {
             Ok(value) => {
-                instance.store.data_mut().keyed.undo.clear();
+                instance.store.data_mut().keyed.settle();
                 Ok(value)
             }
             Err(e) => Err(describe_trap(&e, &self.limits, &instance.stderr)),

@@ -11,6 +11,7 @@
 //! checkpoint barrier travels the same channels as the data, so when a sink sees it, it has
 //! seen every record before it; sinks then finish and publish their files.
 
+pub mod event_time;
 pub mod progress;
 mod source;
 
@@ -86,6 +87,16 @@ pub(crate) enum Coord {
         id: u64,
         /// The source's position.
         offsets: Vec<crate::checkpoint::Offset>,
+    },
+    /// The stage chain has written checkpoint `id`'s state (its file, if anything changed) and
+    /// noted where event time stood.
+    State {
+        /// The checkpoint.
+        id: u64,
+        /// The state file to upload, if any.
+        file: Option<crate::state::StateFile>,
+        /// Each partition's newest event time.
+        event_time: Vec<event_time::PartitionTime>,
     },
     /// Sink `sink` has pre-committed checkpoint `id`.
     PreCommitted {
@@ -179,9 +190,10 @@ pub async fn run(
         name,
         dir,
         source: source_spec,
-        stages,
         sinks: sink_specs,
+        mut stages,
         checkpoint,
+        event_time: event_time_settings,
         s3,
         ..
     } = pipeline;
@@ -201,6 +213,32 @@ pub async fn run(
         .await
         .map_err(|e| RunError::Checkpoint(e.to_string()))?;
     let last_id = latest.as_ref().map_or(0, |m| m.checkpoint);
+
+    // The stages' state stands where the newest manifest says, whatever a crash left behind.
+    let state = if stages.is_empty() {
+        None
+    } else {
+        let db = restore_state(&checkpoint, &dir, &name, &manifests, latest.as_ref()).await?;
+        for stage in &mut stages {
+            stage
+                .runner
+                .attach_state(db.stage(&stage.name))
+                .map_err(|e| RunError::Checkpoint(e.to_string()))?;
+        }
+        Some(ChainState {
+            db,
+            folder: crate::pipeline::normalize(&dir.join(&checkpoint.state_dir).join(&name))
+                .join("upload"),
+            chain: latest
+                .as_ref()
+                .and_then(|m| m.state.as_ref())
+                .map_or(0, |s| s.files.len()),
+        })
+    };
+    let watermarks = event_time::Watermarks::new(
+        event_time_settings,
+        latest.as_ref().map_or(&[][..], |m| &m.event_time),
+    );
 
     // Sinks first: a sink that cannot open stops the run before anything is read.
     let mut opened = Vec::new();
@@ -254,7 +292,11 @@ pub async fn run(
     // Only sinks that may reject records hold a way to the dead letters; a dlq sink holding one
     // would keep its own channel open forever.
     let rejects = |spec: &crate::pipeline::Sink, sink: &Sink| {
-        spec.route != Route::Dlq && matches!(sink, Sink::Parquet(_) | Sink::Iceberg(_))
+        spec.route != Route::Dlq
+            && matches!(
+                sink,
+                Sink::Parquet(_) | Sink::Iceberg(_) | Sink::Postgres(_) | Sink::Redis(_)
+            )
     };
     let rejecting = sink_specs
         .iter()
@@ -268,7 +310,15 @@ pub async fn run(
         committed_tx,
         manifests,
         committers,
-        name.clone(),
+        Coordinated {
+            pipeline: name.clone(),
+            stateful: state.is_some(),
+            chain: latest
+                .as_ref()
+                .and_then(|m| m.state.as_ref())
+                .map(|s| s.files.clone())
+                .unwrap_or_default(),
+        },
         metrics.clone(),
     ));
     let mut sink_tasks = Vec::new();
@@ -292,10 +342,16 @@ pub async fn run(
 
     // The stage chain on its own thread.
     let (chain_tx, chain_rx) = mpsc::channel::<ChainMsg>(CHANNEL_BATCHES);
-    let chain_metrics = metrics.clone();
+    let chain_task = Chain {
+        router,
+        metrics: metrics.clone(),
+        watermarks,
+        state,
+        coordinator: ack_tx.clone(),
+    };
     let chain = std::thread::Builder::new()
         .name("weir-stages".into())
-        .spawn(move || run_chain(stages, chain_rx, router, chain_metrics))
+        .spawn(move || run_chain(stages, chain_rx, chain_task))
         .map_err(|e| RunError::Internal(format!("cannot start the stage thread: {e}")))?;
 
     // The source on its own thread too, driven through the driver it shares with a Kafka
@@ -364,18 +420,43 @@ pub async fn run(
     Ok(summary)
 }
 
+/// What the stage chain holds besides its stages.
+struct Chain {
+    /// Where outputs go.
+    router: Router,
+    /// Counters.
+    metrics: Arc<Metrics>,
+    /// Event time.
+    watermarks: event_time::Watermarks,
+    /// The stages' state database, when there are stages.
+    state: Option<ChainState>,
+    /// Where each checkpoint's state goes: the coordinator.
+    coordinator: mpsc::UnboundedSender<Coord>,
+}
+
+/// The state database as the stage chain writes it at checkpoints.
+struct ChainState {
+    /// The database.
+    db: crate::state::StateDb,
+    /// Where state files wait for upload.
+    folder: std::path::PathBuf,
+    /// Files in the newest checkpoint's chain (0: no state stored yet).
+    chain: usize,
+}
+
 /// The stage chain: runs every batch through the stages and routes what comes out.
 fn run_chain(
     mut stages: Vec<crate::pipeline::Stage>,
     mut rx: mpsc::Receiver<ChainMsg>,
-    router: Router,
-    metrics: Arc<Metrics>,
+    mut chain: Chain,
 ) -> Result<(), RunError> {
     let stopped = || RunError::Internal("a sink stopped".into());
     while let Some(msg) = rx.blocking_recv() {
+        let router = &chain.router;
         match msg {
             ChainMsg::Batch(mut batch) => {
                 batch.processing_time_ms = now_ms();
+                chain.watermarks.observe(&batch);
                 let for_source_sinks = router
                     .targets(Route::Source)
                     .next()
@@ -386,7 +467,10 @@ fn run_chain(
                         .blocking_send(Route::Source, copy)
                         .map_err(|_| stopped())?;
                 }
-                run_stages(&mut stages, 0, batch, &router, &metrics)?;
+                run_stages(&mut stages, 0, batch, router, &chain.metrics)?;
+                if let Some(watermark) = chain.watermarks.advance() {
+                    advance(&mut stages, watermark, router, &chain.metrics)?;
+                }
             }
             ChainMsg::DeadLetters(dead) => {
                 router
@@ -394,7 +478,12 @@ fn run_chain(
                     .map_err(|_| stopped())?;
             }
             ChainMsg::Checkpoint(id) => {
-                for (_, tx) in &router.sinks {
+                // A partition may have gone idle since the last batch.
+                if let Some(watermark) = chain.watermarks.advance() {
+                    advance(&mut stages, watermark, router, &chain.metrics)?;
+                }
+                checkpoint_state(&mut stages, id, &mut chain)?;
+                for (_, tx) in &chain.router.sinks {
                     tx.blocking_send(SinkMsg::Checkpoint(id))
                         .map_err(|_| stopped())?;
                 }
@@ -402,33 +491,102 @@ fn run_chain(
             ChainMsg::End => {
                 // The input is complete: event time reaches its end, so every timer fires and
                 // every window closes, stage by stage.
-                for index in 0..stages.len() {
-                    let stage = &mut stages[index];
-                    let out =
-                        stage
-                            .runner
-                            .on_watermark(i64::MAX)
-                            .map_err(|message| RunError::Stage {
-                                name: stage.name.clone(),
-                                message,
-                            })?;
-                    let empty = Batch::with_capacity("", 0, 0, 0);
-                    let has_next = index + 1 < stages.len();
-                    let next = route_outputs(
-                        &stages[index],
-                        index,
-                        out,
-                        &empty,
-                        has_next,
-                        &router,
-                        &metrics,
-                    )?;
-                    run_stages(&mut stages, index + 1, next, &router, &metrics)?;
-                }
+                advance(&mut stages, i64::MAX, router, &chain.metrics)?;
             }
         }
     }
     Ok(())
+}
+
+/// Hands every stage, in order, the watermark, and routes what the timers it fires emit (a
+/// stage's windows closing go through the stages after it before those see the watermark).
+fn advance(
+    stages: &mut [crate::pipeline::Stage],
+    watermark: i64,
+    router: &Router,
+    metrics: &Metrics,
+) -> Result<(), RunError> {
+    for index in 0..stages.len() {
+        let stage = &mut stages[index];
+        let out = stage
+            .runner
+            .on_watermark(watermark)
+            .map_err(|message| RunError::Stage {
+                name: stage.name.clone(),
+                message,
+            })?;
+        if out.records.is_empty() {
+            continue;
+        }
+        let empty = Batch::with_capacity("", 0, 0, 0);
+        let has_next = index + 1 < stages.len();
+        let next = route_outputs(
+            &stages[index],
+            index,
+            out,
+            &empty,
+            has_next,
+            router,
+            metrics,
+        )?;
+        run_stages(stages, index + 1, next, router, metrics)?;
+    }
+    Ok(())
+}
+
+/// Writes checkpoint `id`'s state: every stage's changes into the database and a state file,
+/// which goes to the coordinator with where event time stands. Every [`crate::state::FULL_EVERY`]
+/// checkpoints (and when nothing is stored yet) the file holds all the state, so a restore
+/// reads a short chain.
+fn checkpoint_state(
+    stages: &mut [crate::pipeline::Stage],
+    id: u64,
+    chain: &mut Chain,
+) -> Result<(), RunError> {
+    let failed = |e: crate::state::StateError| RunError::Checkpoint(e.to_string());
+    let file = match &mut chain.state {
+        None => None,
+        Some(state) => {
+            let changes: Vec<_> = stages
+                .iter_mut()
+                .map(|s| (s.name.as_str(), s.runner.take_changes()))
+                .collect();
+            if state.db.unchanged(&changes) {
+                // A stateless stage, or a quiet second: nothing to write but where it stands.
+                state.db.mark(id).map_err(failed)?;
+                None
+            } else {
+                checkpoint_file(state, id, &changes)?
+            }
+        }
+    };
+    let _ = chain.coordinator.send(Coord::State {
+        id,
+        file,
+        event_time: chain.watermarks.snapshot(),
+    });
+    Ok(())
+}
+
+/// Moves checkpoint `id`'s `changes` into the database and writes its state file: a delta, or
+/// all the state when nothing is stored yet or the chain of deltas is long.
+fn checkpoint_file(
+    state: &mut ChainState,
+    id: u64,
+    changes: &[(&str, crate::state::Changes)],
+) -> Result<Option<crate::state::StateFile>, RunError> {
+    let failed = |e: crate::state::StateError| RunError::Checkpoint(e.to_string());
+    let full = state.chain == 0 || state.chain >= crate::state::FULL_EVERY as usize;
+    let local = state.folder.join(format!("chk-{id:020}"));
+    let file = state.db.commit(id, changes, full, &local).map_err(failed)?;
+    if file.entries == 0 && (!full || state.chain == 0) {
+        // Nothing left in the state, and nothing stored yet: the chain stays as it is.
+        let _ = std::fs::remove_file(&file.local);
+        Ok(None)
+    } else {
+        state.chain = if file.full { 1 } else { state.chain + 1 };
+        Ok(Some(file))
+    }
 }
 
 /// Runs `batch` through stages `from..` and routes every output.
@@ -636,6 +794,74 @@ async fn recover(
     Ok(())
 }
 
+/// What the coordinator knows of the run besides its channels.
+struct Coordinated {
+    /// The pipeline's name.
+    pipeline: String,
+    /// Whether checkpoints wait for the stage chain's state.
+    stateful: bool,
+    /// State files of the newest checkpoint: a full snapshot, then deltas.
+    chain: Vec<String>,
+}
+
+/// Puts the state database where the newest manifest `latest` says: as it is when it stands
+/// there already, else cleared and rebuilt from the manifest's state files (a crash after the
+/// database moved on but before the manifest was stored leaves it ahead). State files of
+/// checkpoints no manifest names are deleted.
+async fn restore_state(
+    checkpoint: &crate::pipeline::Checkpointing,
+    dir: &std::path::Path,
+    pipeline: &str,
+    manifests: &crate::checkpoint::ManifestStore,
+    latest: Option<&crate::checkpoint::Manifest>,
+) -> Result<crate::state::StateDb, RunError> {
+    let failed = |e: String| RunError::Checkpoint(e);
+    let folder = crate::pipeline::normalize(&dir.join(&checkpoint.state_dir).join(pipeline));
+    let db = crate::state::StateDb::open(&folder).map_err(|e| failed(e.to_string()))?;
+    let id = latest.map_or(0, |m| m.checkpoint);
+    let files = latest
+        .and_then(|m| m.state.as_ref())
+        .map(|s| s.files.clone())
+        .unwrap_or_default();
+    let at = db.checkpoint().map_err(|e| failed(e.to_string()))?;
+    if id == 0 || files.is_empty() {
+        db.reset().map_err(|e| failed(e.to_string()))?;
+    } else if at != id {
+        let started = std::time::Instant::now();
+        let download = folder.join("download");
+        std::fs::create_dir_all(&download)
+            .map_err(|e| failed(format!("{}: {e}", download.display())))?;
+        let mut local = Vec::new();
+        for (n, object) in files.iter().enumerate() {
+            let path = download.join(n.to_string());
+            manifests
+                .get_file(object, &path)
+                .await
+                .map_err(|e| failed(e.to_string()))?;
+            local.push(path);
+        }
+        let entries = db.restore(id, &local).map_err(|e| failed(e.to_string()))?;
+        let _ = std::fs::remove_dir_all(&download);
+        tracing::info!(
+            checkpoint = id,
+            files = files.len(),
+            entries,
+            ms = started.elapsed().as_millis() as u64,
+            "restored the stages' state from the checkpoint store"
+        );
+    }
+    let keep_from = manifests
+        .oldest_needed_state()
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    manifests
+        .prune_state(keep_from, id)
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    let _ = std::fs::remove_dir_all(folder.join("upload"));
+    Ok(db)
+}
+
 /// The checkpoint coordinator: once a checkpoint's barrier has left the source and every sink
 /// has pre-committed it, stores its manifest, commits every sink, and tells the source
 /// (through `committed`), one checkpoint at a time, in order.
@@ -644,9 +870,10 @@ async fn coordinate(
     committed: mpsc::UnboundedSender<u64>,
     manifests: crate::checkpoint::ManifestStore,
     mut committers: Vec<(String, Option<crate::sinks::Committer>)>,
-    pipeline: String,
+    mut run: Coordinated,
     metrics: Arc<Metrics>,
 ) -> Result<(), RunError> {
+    let pipeline = run.pipeline.clone();
     use crate::checkpoint::{Manifest, Open, totals};
     let mut open: std::collections::BTreeMap<u64, Open> = Default::default();
     let failed = |e: String| RunError::Checkpoint(e);
@@ -656,15 +883,48 @@ async fn coordinate(
             Coord::PreCommitted { id, sink, pending } => {
                 open.entry(id).or_default().pending.insert(sink, pending);
             }
+            Coord::State {
+                id,
+                file,
+                event_time,
+            } => open.entry(id).or_default().state = Some((file, event_time)),
         }
         while let Some(entry) = open.first_entry() {
-            let ready =
-                entry.get().offsets.is_some() && entry.get().pending.len() == committers.len();
+            let ready = entry.get().offsets.is_some()
+                && entry.get().pending.len() == committers.len()
+                && (entry.get().state.is_some() || !run.stateful);
             if !ready {
                 break;
             }
             let (id, checkpoint) = entry.remove_entry();
-            let (files, bytes) = totals(&checkpoint.pending);
+            let (mut files, mut bytes) = totals(&checkpoint.pending);
+            let (state_file, event_time) = checkpoint.state.unwrap_or_default();
+            let mut state = None;
+            if run.stateful {
+                let (own_bytes, entries) = match state_file {
+                    Some(file) => {
+                        let object = crate::state::object_path(&pipeline, id, file.full);
+                        manifests
+                            .put_file(&object, &file.local)
+                            .await
+                            .map_err(|e| failed(e.to_string()))?;
+                        let _ = std::fs::remove_file(&file.local);
+                        if file.full {
+                            run.chain.clear();
+                        }
+                        run.chain.push(object);
+                        files += 1;
+                        bytes += file.bytes;
+                        (file.bytes, file.entries)
+                    }
+                    None => (0, 0),
+                };
+                state = Some(crate::state::StateRef {
+                    files: run.chain.clone(),
+                    bytes: own_bytes,
+                    entries,
+                });
+            }
             let manifest = Manifest {
                 pipeline: pipeline.clone(),
                 checkpoint: id,
@@ -678,6 +938,8 @@ async fn coordinate(
                     .collect(),
                 files,
                 bytes,
+                state,
+                event_time,
             };
             manifests
                 .write(&manifest)
@@ -695,7 +957,16 @@ async fn coordinate(
                 }
             }
             crate::faults::reached("sinks-committed");
-            manifests.prune().await.map_err(|e| failed(e.to_string()))?;
+            if manifests.prune().await.map_err(|e| failed(e.to_string()))? > 0 && run.stateful {
+                let keep_from = manifests
+                    .oldest_needed_state()
+                    .await
+                    .map_err(|e| failed(e.to_string()))?;
+                manifests
+                    .prune_state(keep_from, id)
+                    .await
+                    .map_err(|e| failed(e.to_string()))?;
+            }
             metrics.checkpoint_done(checkpoint.started.elapsed(), files, bytes);
             tracing::debug!(checkpoint = id, files, bytes, "checkpoint committed");
             let _ = committed.send(id);

@@ -4,6 +4,8 @@ pub mod iceberg;
 pub mod jsonl;
 pub mod kafka;
 pub mod parquet;
+pub mod postgres;
+pub mod redis;
 pub mod rows;
 
 use std::path::Path;
@@ -18,6 +20,31 @@ use crate::{
 /// Records a sink could not take: (index in the batch, reason). They go to the dead-letter
 /// output; the rest of the batch is written.
 pub type Rejected = Vec<(usize, String)>;
+
+/// The header that makes a record a delete (`weir-op: delete`) for the sinks that keep one
+/// value per key (`postgres`, `redis`); a record without it, or with `weir-op: upsert`, upserts.
+pub const OP_HEADER: &str = "weir-op";
+
+/// Whether record `i` deletes its key: its last `weir-op` header says `delete` (in any case).
+pub fn is_delete(batch: &Batch, i: usize) -> bool {
+    batch
+        .headers_of(i)
+        .iter()
+        .rev()
+        .find(|h| h.name == OP_HEADER)
+        .is_some_and(|h| h.value.eq_ignore_ascii_case(b"delete"))
+}
+
+/// `url` with its password, if it has one, replaced by `***`: for messages.
+pub fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        _ => url.to_string(),
+    }
+}
 
 /// Errors that stop a sink.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +69,10 @@ pub enum Sink {
     Kafka(Box<kafka::KafkaSink>),
     /// An Iceberg table.
     Iceberg(Box<iceberg::IcebergSink>),
+    /// A Postgres table, upserted by key.
+    Postgres(Box<postgres::PostgresSink>),
+    /// The latest value per key in Redis.
+    Redis(Box<redis::RedisSink>),
 }
 
 /// Publishes what a sink pre-committed, once the checkpoint's manifest is stored. Commits are
@@ -51,6 +82,10 @@ pub enum Committer {
     Parquet(parquet::ParquetCommitter),
     /// An Iceberg snapshot.
     Iceberg(Box<iceberg::IcebergCommitter>),
+    /// One transaction: staged rows into the table, and the checkpoint into its progress row.
+    Postgres(postgres::PostgresCommitter),
+    /// One Lua script: staged values into their keys, and the checkpoint into its progress key.
+    Redis(redis::RedisCommitter),
 }
 
 impl Committer {
@@ -67,15 +102,19 @@ impl Committer {
                     .await
             }
             Committer::Iceberg(c) => c.commit(manifest, pending).await,
+            Committer::Postgres(c) => c.commit(manifest, pending).await,
+            Committer::Redis(c) => c.commit(manifest, pending).await,
         }
     }
 
-    /// Deletes the files of `pipeline` that no checkpoint up to `committed` holds (on recovery,
-    /// after the newest manifest's commit was repeated); returns how many.
+    /// Deletes the files (or staged rows) of `pipeline` that no checkpoint up to `committed`
+    /// holds (on recovery, after the newest manifest's commit was repeated); returns how many.
     pub async fn clean(&mut self, pipeline: &str, committed: u64) -> Result<usize, SinkError> {
         match self {
             Committer::Parquet(c) => c.clean(pipeline).await,
             Committer::Iceberg(c) => c.clean(pipeline, committed).await,
+            Committer::Postgres(c) => c.clean(pipeline, committed).await,
+            Committer::Redis(c) => c.clean(pipeline, committed).await,
         }
     }
 }
@@ -120,6 +159,20 @@ impl Sink {
                     Some(Committer::Iceberg(Box::new(committer))),
                 )
             }
+            SinkKind::Postgres(spec) => {
+                let (sink, committer) = postgres::open(spec, cx.pipeline, cx.epoch).await?;
+                (
+                    Sink::Postgres(Box::new(sink)),
+                    Some(Committer::Postgres(committer)),
+                )
+            }
+            SinkKind::Redis(spec) => {
+                let (sink, committer) = redis::open(spec, cx.pipeline, cx.epoch).await?;
+                (
+                    Sink::Redis(Box::new(sink)),
+                    Some(Committer::Redis(committer)),
+                )
+            }
             kind => (Sink::open_plain(kind, dir).await?, None),
         })
     }
@@ -127,7 +180,10 @@ impl Sink {
     /// Opens a sink that does not commit.
     async fn open_plain(kind: &SinkKind, dir: &Path) -> Result<Sink, SinkError> {
         Ok(match kind {
-            SinkKind::Parquet(_) | SinkKind::Iceberg(_) => {
+            SinkKind::Parquet(_)
+            | SinkKind::Iceberg(_)
+            | SinkKind::Postgres(_)
+            | SinkKind::Redis(_) => {
                 return Err(SinkError::Internal(
                     "a committing sink opened as plain".into(),
                 ));
@@ -150,6 +206,8 @@ impl Sink {
             Sink::Blackhole => Ok(Vec::new()),
             Sink::Kafka(s) => s.write(batch).await.map(|()| Vec::new()),
             Sink::Iceberg(s) => s.write(batch).await,
+            Sink::Postgres(s) => s.write(batch).await,
+            Sink::Redis(s) => s.write(batch).await,
         }
     }
 
@@ -160,6 +218,8 @@ impl Sink {
         match self {
             Sink::Parquet(s) => s.pre_commit(id).await,
             Sink::Iceberg(s) => s.pre_commit(id).await,
+            Sink::Postgres(s) => s.pre_commit(id).await,
+            Sink::Redis(s) => s.pre_commit(id).await,
             Sink::Jsonl(s) => s.flush().await.map(|()| Pending::default()),
             Sink::Blackhole => Ok(Pending::default()),
             Sink::Kafka(s) => s.flush().await.map(|()| Pending::default()),
@@ -172,7 +232,11 @@ impl Sink {
         match self {
             Sink::Jsonl(s) => s.flush().await,
             Sink::Kafka(s) => s.flush().await,
-            Sink::Parquet(_) | Sink::Iceberg(_) | Sink::Blackhole => Ok(()),
+            Sink::Parquet(_)
+            | Sink::Iceberg(_)
+            | Sink::Postgres(_)
+            | Sink::Redis(_)
+            | Sink::Blackhole => Ok(()),
         }
     }
 
@@ -184,6 +248,16 @@ impl Sink {
             Sink::Blackhole => None,
             Sink::Kafka(s) => Some(format!("kafka topic {}", s.topic())),
             Sink::Iceberg(s) => Some(s.location()),
+            Sink::Postgres(s) => Some(format!(
+                "postgres table {} ({} rows upserted or deleted)",
+                s.table_name(),
+                s.rows_written
+            )),
+            Sink::Redis(s) => Some(format!(
+                "redis keys {} ({} set or deleted)",
+                s.key_template(),
+                s.keys_written
+            )),
         }
     }
 }

@@ -1,4 +1,4 @@
-//! Records into Arrow rows, for the sinks that write columns (`parquet`, `iceberg`).
+//! Records into Arrow rows, for the sinks that write columns (`parquet`, `iceberg`, `postgres`).
 //!
 //! Columns are read from the record's JSON value, or filled from its metadata (`meta:` — raw
 //! value and key bytes, topic, partition, offset, timestamp, headers); an encoder whose columns
@@ -130,10 +130,7 @@ impl RowEncoder {
             Ok(rows) => return Ok(rows),
             Err(_) if indices.len() > 1 => {}
             Err(e) => {
-                rejected.push((
-                    indices[0],
-                    format!("record does not fit the parquet schema: {e}"),
-                ));
+                rejected.push((indices[0], format!("record does not fit the schema: {e}")));
                 return Ok(None);
             }
         }
@@ -142,9 +139,7 @@ impl RowEncoder {
         for &i in indices {
             match self.decode_all(batch, std::iter::once(i)) {
                 Ok(_) => good.push(i),
-                Err(e) => {
-                    rejected.push((i, format!("record does not fit the parquet schema: {e}")))
-                }
+                Err(e) => rejected.push((i, format!("record does not fit the schema: {e}"))),
             }
         }
         if good.is_empty() {

@@ -15,14 +15,16 @@
 //!
 //! Data files are named `<pipeline>-c<checkpoint>-<run>-<n>.parquet`; on recovery, files of
 //! checkpoints after the newest manifest are deleted (no snapshot can reference them).
+//!
+//! With `mode: upsert` the table keeps one row per key: see [`upsert`] for the writer (position
+//! deletes, the key index) and `snapshot.rs` for the commit, a snapshot Weir builds itself
+//! because the crate has no action that commits delete files.
 
 pub mod io;
+mod snapshot;
+pub mod upsert;
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    str::FromStr,
-    sync::Arc,
-};
+use std::{collections::HashMap, sync::Arc};
 
 use arrow_array::{ArrayRef, RecordBatch, new_null_array};
 use arrow_schema::SchemaRef as ArrowSchemaRef;
@@ -57,7 +59,9 @@ use serde::{Deserialize, Serialize};
 use super::{OpenContext, Rejected, SinkError, rows::RowEncoder};
 use crate::{
     checkpoint::{Manifest, Pending},
-    pipeline::spec::{CatalogKind, CatalogSpec, ColumnType, Compression, IcebergSinkSpec},
+    pipeline::spec::{
+        CatalogKind, CatalogSpec, ColumnType, Compression, IcebergMode, IcebergSinkSpec,
+    },
     record::Batch,
 };
 
@@ -112,6 +116,8 @@ pub struct IcebergSink {
     epoch: u64,
     /// Files finished so far.
     files_written: u64,
+    /// `mode: upsert`: the current checkpoint's changes and the key index (`None`: append).
+    upserts: Option<Box<upsert::Upserts>>,
 }
 
 /// A checkpoint's pending commit: its data files, as the Iceberg spec's JSON.
@@ -121,6 +127,9 @@ pub struct IcebergCommit {
     pub spec_id: i32,
     /// The data files.
     pub files: Vec<String>,
+    /// Position-delete files (`mode: upsert`), committed in the same snapshot.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deletes: Vec<String>,
 }
 
 /// Opens the table (creating it if it is missing) and returns the sink and its committer.
@@ -194,6 +203,23 @@ pub async fn open(
         CatalogKind::Sql => Some(sql_row(&spec.catalog.value, cx).await?),
         CatalogKind::Rest => None,
     };
+    let upserts = match (spec.mode.value, &spec.key) {
+        (IcebergMode::Upsert, Some(key)) => {
+            let key: Vec<String> = key.value.iter().map(|k| k.value.clone()).collect();
+            Some(Box::new(upsert::Upserts::new(
+                &key,
+                columns,
+                &table,
+                catalog.clone(),
+                ident.clone(),
+                io::ObjectStorage::new(cx.s3.clone()),
+            )?))
+        }
+        (IcebergMode::Upsert, None) => {
+            return Err(SinkError::Internal("an upsert sink without a key".into()));
+        }
+        (IcebergMode::Append, _) => None,
+    };
     let committer = IcebergCommitter {
         catalog,
         sql,
@@ -201,6 +227,7 @@ pub async fn open(
         name: name.clone(),
         keep_snapshots: spec.keep_snapshots.value.max(1),
         storage: io::ObjectStorage::new(cx.s3.clone()),
+        upsert: upserts.is_some(),
     };
     let sink = IcebergSink {
         table,
@@ -219,6 +246,7 @@ pub async fn open(
         run: cx.run.into(),
         epoch: cx.epoch,
         files_written: 0,
+        upserts,
     };
     Ok((sink, committer))
 }
@@ -397,8 +425,18 @@ async fn create_table(
             })
         })
         .collect::<Vec<_>>();
+    // An upsert table names its key as identifier fields, so other writers and readers know it.
+    let key_ids: Vec<i32> = match (spec.mode.value, &spec.key) {
+        (IcebergMode::Upsert, Some(key)) => key
+            .value
+            .iter()
+            .filter_map(|k| fields.iter().find(|f| f.name == k.value).map(|f| f.id))
+            .collect(),
+        _ => Vec::new(),
+    };
     let schema = Schema::builder()
         .with_fields(fields)
+        .with_identifier_field_ids(key_ids)
         .build()
         .map_err(iceberg_error(format!("the schema of table {name}")))?;
     let mut partitions = UnboundPartitionSpec::builder();
@@ -438,6 +476,7 @@ async fn create_table(
     let creation = TableCreation::builder()
         .name(ident.name().to_string())
         .schema(schema)
+        .format_version(FormatVersion::V2)
         .partition_spec(partitions.build())
         .properties([(
             "write.parquet.compression-codec".to_string(),
@@ -464,6 +503,9 @@ impl IcebergSink {
 
     /// Writes a batch; returns the records that do not fit the table.
     pub async fn write(&mut self, batch: &Batch) -> Result<Rejected, SinkError> {
+        if self.upserts.is_some() {
+            return self.write_changes(batch);
+        }
         let mut rejected = Vec::new();
         let all: Vec<usize> = (0..batch.len()).collect();
         let Some(rows) = self.rows.decode(batch, &all, &mut rejected)? else {
@@ -491,6 +533,25 @@ impl IcebergSink {
                 ));
             }
         }
+        crate::faults::reached("data-file");
+        Ok(rejected)
+    }
+
+    /// `mode: upsert`: notes each record's change of its key's row (written at the barrier).
+    fn write_changes(&mut self, batch: &Batch) -> Result<Rejected, SinkError> {
+        let mut rejected = Vec::new();
+        let (removes, puts): (Vec<usize>, Vec<usize>) =
+            (0..batch.len()).partition(|&i| super::is_delete(batch, i));
+        let upserts = match self.rows.decode(batch, &puts, &mut rejected)? {
+            Some(rows) => Some(self.to_table(&rows)?),
+            None => None,
+        };
+        let changes = self
+            .upserts
+            .as_mut()
+            .ok_or_else(|| SinkError::Internal("upsert state missing".into()))?;
+        let deletes = changes.decode_keys(batch, &removes, &mut rejected)?;
+        changes.apply((&puts, upserts), (&removes, deletes), &mut rejected)?;
         crate::faults::reached("data-file");
         Ok(rejected)
     }
@@ -537,28 +598,49 @@ impl IcebergSink {
         })
     }
 
-    /// Finishes the checkpoint's data files; returns them for the manifest.
+    /// Finishes the checkpoint's data files (and, upserting, writes its rows and position
+    /// deletes); returns them for the manifest.
     pub async fn pre_commit(&mut self, id: u64) -> Result<Pending, SinkError> {
         let failed =
             |e: iceberg::Error| SinkError::Io(format!("finishing files of {}: {e}", self.name));
-        let files: Vec<DataFile> = match self.writer.take() {
-            Some(Writer::Partitioned(w)) => w.close().await.map_err(failed)?,
-            Some(Writer::Plain(w)) => w.close().await.map_err(failed)?,
-            None => Vec::new(),
+        let (files, deletes): (Vec<DataFile>, Vec<DataFile>) = match &mut self.upserts {
+            Some(upserts) => {
+                let out = upsert::Output {
+                    table: &self.table,
+                    props: &self.props,
+                    target_file_bytes: self.target_file_bytes,
+                    prefix: format!("{}-c{id}-{}", self.pipeline, self.run),
+                    splitter: self.splitter.as_ref(),
+                };
+                upserts.pre_commit(&out).await?
+            }
+            None => match self.writer.take() {
+                Some(Writer::Partitioned(w)) => (w.close().await.map_err(failed)?, Vec::new()),
+                Some(Writer::Plain(w)) => (w.close().await.map_err(failed)?, Vec::new()),
+                None => (Vec::new(), Vec::new()),
+            },
         };
         self.epoch = id + 1;
-        self.files_written += files.len() as u64;
+        self.files_written += (files.len() + deletes.len()) as u64;
         let metadata = self.table.metadata();
         let partition_type = metadata.default_partition_type();
-        let bytes = files.iter().map(DataFile::file_size_in_bytes).sum();
-        let count = files.len() as u64;
-        let commit = IcebergCommit {
-            spec_id: metadata.default_partition_spec_id(),
-            files: files
+        let bytes = files
+            .iter()
+            .chain(&deletes)
+            .map(DataFile::file_size_in_bytes)
+            .sum();
+        let count = (files.len() + deletes.len()) as u64;
+        let describe = |files: Vec<DataFile>| {
+            files
                 .into_iter()
                 .map(|f| serialize_data_file_to_json(f, partition_type, FormatVersion::V2))
-                .collect::<Result<_, _>>()
-                .map_err(iceberg_error("describing data files"))?,
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(iceberg_error("describing data files"))
+        };
+        let commit = IcebergCommit {
+            spec_id: metadata.default_partition_spec_id(),
+            files: describe(files)?,
+            deletes: describe(deletes)?,
         };
         Ok(Pending {
             commit: Some(
@@ -573,8 +655,9 @@ impl IcebergSink {
 /// How many manifests of one tier (about the same file count) are merged into one.
 const MERGE_AT: usize = 16;
 
-/// A SQL catalog's table row, for a commit the crate has no action for (merging manifests):
-/// Weir writes the new metadata file itself and swaps the row's location, as the catalog does.
+/// A SQL catalog's table row, for the commits the crate has no action for (merging manifests,
+/// upserts' row deltas): Weir writes the new metadata file itself and swaps the row's location,
+/// as the catalog does.
 struct SqlRow {
     pool: sqlx::AnyPool,
     /// Postgres numbers its parameters (`$1`); SQLite takes `?`.
@@ -586,7 +669,7 @@ struct SqlRow {
 /// Commits an Iceberg sink's checkpoints.
 pub struct IcebergCommitter {
     catalog: Arc<dyn Catalog>,
-    /// The SQL catalog's row, for merging manifests (`None`: a REST catalog).
+    /// The SQL catalog's row, for merging manifests and row deltas (`None`: a REST catalog).
     sql: Option<SqlRow>,
     ident: TableIdent,
     /// `namespace.name`, for messages.
@@ -595,6 +678,8 @@ pub struct IcebergCommitter {
     keep_snapshots: usize,
     /// For listing and deleting files.
     storage: io::ObjectStorage,
+    /// `mode: upsert`: checkpoints are committed as row deltas (`snapshot.rs`).
+    upsert: bool,
 }
 
 /// Whether checkpoint `id` of `pipeline` is in the current snapshot's lineage (checked back to
@@ -634,7 +719,7 @@ impl IcebergCommitter {
     ) -> Result<(), SinkError> {
         let commit: IcebergCommit = serde_json::from_value(pending.clone())
             .map_err(|e| SinkError::Internal(e.to_string()))?;
-        if commit.files.is_empty() {
+        if commit.files.is_empty() && commit.deletes.is_empty() {
             return Ok(());
         }
         let (pipeline, id) = (manifest.pipeline.as_str(), manifest.checkpoint);
@@ -673,14 +758,6 @@ impl IcebergCommitter {
             tracing::info!(table = %self.name, checkpoint = id, "already committed");
             return Ok(None);
         }
-        let partition_type = metadata.default_partition_type();
-        let schema = metadata.current_schema();
-        let files = commit
-            .files
-            .iter()
-            .map(|f| deserialize_data_file_from_json(f, commit.spec_id, partition_type, schema))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(iceberg_error("reading the manifest's data files"))?;
         let offsets: Vec<String> = manifest
             .offsets
             .iter()
@@ -691,6 +768,28 @@ impl IcebergCommitter {
             (CHECKPOINT_KEY.to_string(), id.to_string()),
             (OFFSETS_KEY.to_string(), offsets.join(",")),
         ]);
+        // A manifest written by an upsert run holds deletes even if the sink appends now.
+        if self.upsert || !commit.deletes.is_empty() {
+            let started = std::time::Instant::now();
+            let table = self.commit_row_delta(&table, properties, commit).await?;
+            tracing::debug!(
+                table = %self.name,
+                checkpoint = id,
+                files = commit.files.len(),
+                deletes = commit.deletes.len(),
+                ms = started.elapsed().as_millis() as u64,
+                "committed row changes"
+            );
+            return Ok(Some(table));
+        }
+        let partition_type = metadata.default_partition_type();
+        let schema = metadata.current_schema();
+        let files = commit
+            .files
+            .iter()
+            .map(|f| deserialize_data_file_from_json(f, commit.spec_id, partition_type, schema))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(iceberg_error("reading the manifest's data files"))?;
         let tx = Transaction::new(&table);
         let tx = tx
             .fast_append()
@@ -706,207 +805,9 @@ impl IcebergCommitter {
         Ok(Some(table))
     }
 
-    /// Keeps the manifest list short by merging manifests in tiers, as a log-structured merge
-    /// does: a manifest's tier is the base-[`MERGE_AT`] logarithm of its file count, and once one
-    /// tier holds [`MERGE_AT`] manifests they are rewritten as one (which lands a tier higher) in a
-    /// `replace` snapshot; the other manifests are carried over untouched. Each file is rewritten
-    /// once per tier, so a commit's cost grows with the logarithm of the table's file count, not
-    /// with the count. (SQL catalogs; a REST catalog keeps its manifests.) A conflict leaves the
-    /// table as it was: the next commit tries again.
-    async fn merge_manifests(&self, table: Option<Table>) -> Result<Option<Table>, SinkError> {
-        use iceberg::spec::{
-            FormatVersion, MAIN_BRANCH, ManifestContentType, ManifestListWriter, ManifestStatus,
-            ManifestWriterBuilder, Operation, Snapshot, SnapshotReference, SnapshotRetention,
-            Summary,
-        };
-        let (Some(table), Some(sql)) = (table, &self.sql) else {
-            return Ok(None);
-        };
-        let failed = |what: &'static str| {
-            move |e: iceberg::Error| SinkError::Io(format!("merging manifests: {what}: {e}"))
-        };
-        let metadata = table.metadata();
-        let Some(current) = metadata.current_snapshot() else {
-            return Ok(Some(table));
-        };
-        let io = table.file_io();
-        let list_bytes = io
-            .new_input(current.manifest_list())
-            .map_err(failed("the manifest list"))?
-            .read()
-            .await
-            .map_err(failed("reading the manifest list"))?;
-        let list = iceberg::spec::ManifestList::parse_with_version(&list_bytes, FormatVersion::V2)
-            .map_err(failed("reading the manifest list"))?;
-        if list
-            .entries()
-            .iter()
-            .any(|m| m.content != ManifestContentType::Data)
-        {
-            return Ok(Some(table));
-        }
-        let tier = |m: &iceberg::spec::ManifestFile| {
-            let files = m.added_files_count.unwrap_or(0) + m.existing_files_count.unwrap_or(0);
-            files.max(1).ilog(MERGE_AT as u32)
-        };
-        let mut by_tier: BTreeMap<u32, usize> = BTreeMap::new();
-        for m in list.entries() {
-            *by_tier.entry(tier(m)).or_default() += 1;
-        }
-        let Some(full) = by_tier
-            .iter()
-            .find(|(_, n)| **n >= MERGE_AT)
-            .map(|(t, _)| *t)
-        else {
-            return Ok(Some(table));
-        };
-        let (merging, kept): (Vec<_>, Vec<_>) =
-            list.entries().iter().partition(|m| tier(m) == full);
-        let snapshot_id = metadata
-            .snapshots()
-            .map(|s| s.snapshot_id())
-            .max()
-            .unwrap_or(0)
-            .max(crate::plugin::now_ms())
-            + 1;
-        let sequence = metadata.last_sequence_number() + 1;
-        let location = metadata.location().trim_end_matches('/');
-        let manifest_path = format!("{location}/metadata/weir-merge-{snapshot_id}-m0.avro");
-        let mut writer = ManifestWriterBuilder::new(
-            io.new_output(&manifest_path)
-                .map_err(failed("the manifest"))?,
-            Some(snapshot_id),
-            metadata.current_schema().clone(),
-            metadata.default_partition_spec().as_ref().clone(),
-        )
-        .build_v2_data();
-        for manifest in &merging {
-            let entries = manifest
-                .load_manifest(io)
-                .await
-                .map_err(failed("reading a manifest"))?;
-            for entry in entries.entries() {
-                if entry.status() == ManifestStatus::Deleted {
-                    continue;
-                }
-                writer
-                    .add_existing_file(
-                        entry.data_file().clone(),
-                        entry.snapshot_id().unwrap_or(current.snapshot_id()),
-                        entry.sequence_number().unwrap_or(current.sequence_number()),
-                        entry.file_sequence_number,
-                    )
-                    .map_err(failed("writing the manifest"))?;
-            }
-        }
-        let merged = writer
-            .write_manifest_file()
-            .await
-            .map_err(failed("writing the manifest"))?;
-        let list_path = format!("{location}/metadata/snap-{snapshot_id}-weir-merge.avro");
-        let mut list_writer = ManifestListWriter::v2(
-            io.new_output(&list_path)
-                .map_err(failed("the manifest list"))?
-                .writer()
-                .await
-                .map_err(failed("the manifest list"))?,
-            snapshot_id,
-            Some(current.snapshot_id()),
-            sequence,
-        );
-        list_writer
-            .add_manifests(kept.into_iter().cloned().chain(std::iter::once(merged)))
-            .map_err(failed("writing the manifest list"))?;
-        list_writer
-            .close()
-            .await
-            .map_err(failed("writing the manifest list"))?;
-        let mut properties: HashMap<String, String> = current
-            .summary()
-            .additional_properties
-            .iter()
-            .filter(|(k, _)| k.starts_with("total-"))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        properties.insert("weir.maintenance".into(), "merge-manifests".into());
-        let snapshot = Snapshot::builder()
-            .with_snapshot_id(snapshot_id)
-            .with_parent_snapshot_id(Some(current.snapshot_id()))
-            .with_sequence_number(sequence)
-            .with_timestamp_ms(crate::plugin::now_ms().max(current.timestamp_ms()))
-            .with_manifest_list(list_path)
-            .with_schema_id(metadata.current_schema_id())
-            .with_summary(Summary {
-                operation: Operation::Replace,
-                additional_properties: properties,
-            })
-            .build();
-        let current_location = table
-            .metadata_location()
-            .ok_or_else(|| SinkError::Internal("a loaded table has no metadata location".into()))?
-            .to_string();
-        let mut builder = metadata
-            .clone()
-            .into_builder(Some(current_location.clone()));
-        for update in [
-            iceberg::TableUpdate::AddSnapshot { snapshot },
-            iceberg::TableUpdate::SetSnapshotRef {
-                ref_name: MAIN_BRANCH.to_string(),
-                reference: SnapshotReference::new(
-                    snapshot_id,
-                    SnapshotRetention::branch(None, None, None),
-                ),
-            },
-        ] {
-            builder = update.apply(builder).map_err(failed("the new snapshot"))?;
-        }
-        let new_metadata = builder
-            .build()
-            .map_err(failed("the new metadata"))?
-            .metadata;
-        let new_location = iceberg::MetadataLocation::from_str(&current_location)
-            .map_err(failed("the metadata location"))?
-            .with_next_version()
-            .with_new_metadata(&new_metadata);
-        new_metadata
-            .write_to(io, &new_location)
-            .await
-            .map_err(failed("writing the metadata"))?;
-        let new_location = new_location.to_string();
-        let query = if sql.dollar {
-            "UPDATE iceberg_tables SET metadata_location = $1, previous_metadata_location = $2 \
-             WHERE catalog_name = $3 AND table_namespace = $4 AND table_name = $5 AND metadata_location = $6"
-        } else {
-            "UPDATE iceberg_tables SET metadata_location = ?, previous_metadata_location = ? \
-             WHERE catalog_name = ? AND table_namespace = ? AND table_name = ? AND metadata_location = ?"
-        };
-        let swapped = sqlx::query(query)
-            .bind(new_location.clone())
-            .bind(current_location.clone())
-            .bind(sql.catalog.clone())
-            .bind(self.ident.namespace().join("."))
-            .bind(self.ident.name().to_string())
-            .bind(current_location)
-            .execute(&sql.pool)
-            .await
-            .map_err(|e| SinkError::Io(format!("merging manifests: the catalog row: {e}")))?
-            .rows_affected();
-        if swapped == 0 {
-            tracing::info!(table = %self.name, "manifest merge lost a race; the next commit retries");
-            return Ok(None);
-        }
-        tracing::debug!(table = %self.name, tier = full, manifests = merging.len(), "merged manifests");
-        let table = self
-            .catalog
-            .load_table(&self.ident)
-            .await
-            .map_err(iceberg_error(format!("loading table {}", self.name)))?;
-        Ok(Some(table))
-    }
-
     /// Expires snapshots beyond `keep_snapshots` (in batches, not at every commit) and deletes
-    /// the manifest lists only they used. Data files and manifests stay: an append-only table's
-    /// current snapshot still uses them.
+    /// the manifest lists only they used. Data files, delete files and manifests stay: the
+    /// current snapshot still uses them (Weir never removes a file from the table).
     async fn expire(&self, table: Option<Table>) -> Result<(), SinkError> {
         let Some(table) = table else { return Ok(()) };
         let count = table.metadata().snapshots().len();

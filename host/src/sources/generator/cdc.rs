@@ -1,4 +1,4 @@
-//! Change events of a `customers` table in a Debezium-like JSON envelope: inserts (`op: "c"`),
+//! Change events of a `users` table in a Debezium-like JSON envelope: inserts (`op: "c"`),
 //! updates (`"u"`, with the row before and after) and deletes (`"d"`, with the row before),
 //! keyed by `{"id":N}` so every change of a row lands on the same partition, in order.
 //!
@@ -46,7 +46,7 @@ struct Row {
 
 /// The table's live rows and the next id to insert.
 #[derive(Default)]
-pub struct Customers {
+pub struct Users {
     rows: Vec<Row>,
     next_id: u64,
 }
@@ -54,9 +54,9 @@ pub struct Customers {
 /// Below this many live rows, every change is an insert.
 const MIN_ROWS: usize = 16;
 
-impl Customers {
+impl Users {
     /// Appends the change at `at`:
-    /// `{"before":{…}|null,"after":{…}|null,"source":{"connector":"weir-gen","db":"shop","schema":"public","table":"customers","lsn":…,"ts_ms":…},"op":"c|u|d","ts_ms":…}`.
+    /// `{"before":{…}|null,"after":{…}|null,"source":{"connector":"weir-gen","db":"shop","schema":"public","table":"users","lsn":…,"ts_ms":…},"op":"c|u|d","ts_ms":…}`.
     pub fn push(&mut self, rng: &mut SplitMix64, at: &At, batch: &mut Batch) {
         let draw = rng.below(100);
         let pick = rng.next_u64();
@@ -97,7 +97,7 @@ impl Customers {
             write_row(buf, before.as_ref());
             buf.extend_from_slice(b",\"after\":");
             write_row(buf, after.as_ref());
-            buf.extend_from_slice(b",\"source\":{\"connector\":\"weir-gen\",\"db\":\"shop\",\"schema\":\"public\",\"table\":\"customers\",\"lsn\":");
+            buf.extend_from_slice(b",\"source\":{\"connector\":\"weir-gen\",\"db\":\"shop\",\"schema\":\"public\",\"table\":\"users\",\"lsn\":");
             put_int(buf, at.offset + 1);
             buf.extend_from_slice(b",\"ts_ms\":");
             put_int(buf, at.time_ms);

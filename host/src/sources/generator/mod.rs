@@ -3,7 +3,7 @@
 //!
 //! Record `i` has offset `i` and event time `start + i * 1000 / events_per_sec`. What it holds
 //! depends on the format: crypto trades shaped like Binance or Kraken messages ([`trades`]),
-//! user events and host metrics ([`events`]), or change events of a `customers` table in a
+//! user events and host metrics ([`events`]), or change events of a `users` table in a
 //! Debezium-like envelope ([`cdc`]). Values are written with integer formatting straight into
 //! the batch, so generating is cheap next to what the stages do.
 
@@ -12,7 +12,7 @@ pub mod events;
 pub mod trades;
 
 use crate::{
-    pipeline::spec::{GeneratorFormat, GeneratorSpec},
+    pipeline::spec::{DisorderSpec, GeneratorFormat, GeneratorSpec},
     record::Batch,
 };
 
@@ -58,8 +58,8 @@ enum Shape {
     UserEvents(events::UserEvents),
     /// Gauges of a fleet of hosts.
     Metrics(events::Metrics),
-    /// Inserts, updates and deletes of a `customers` table.
-    Cdc(cdc::Customers),
+    /// Inserts, updates and deletes of a `users` table.
+    Cdc(cdc::Users),
 }
 
 /// Where the next record is, handed to each shape's writer.
@@ -80,6 +80,10 @@ pub struct Generator {
     next: u64,
     /// Records to generate in all, if bounded.
     count: Option<u64>,
+    /// Event times out of order, and late records.
+    disorder: DisorderSpec,
+    /// The random sequence of the disorder, apart from the records' own.
+    disorder_rng: SplitMix64,
 }
 
 impl Generator {
@@ -91,7 +95,7 @@ impl Generator {
             GeneratorFormat::Kraken => Shape::Trades(trades::Trades::new(symbols, true)),
             GeneratorFormat::UserEvents => Shape::UserEvents(events::UserEvents),
             GeneratorFormat::Metrics => Shape::Metrics(events::Metrics::default()),
-            GeneratorFormat::Cdc => Shape::Cdc(cdc::Customers::default()),
+            GeneratorFormat::Cdc => Shape::Cdc(cdc::Users::default()),
         };
         Generator {
             rng: SplitMix64::new(spec.seed),
@@ -104,7 +108,26 @@ impl Generator {
                 .map_or(1000, |r| r.value.max(1)),
             next: 0,
             count: spec.count,
+            disorder: spec.disorder.unwrap_or_default(),
+            disorder_rng: SplitMix64::new(spec.seed ^ 0x6469_736f_7264_6572),
         }
+    }
+
+    /// Event time of record `offset`: its place in time, moved back by the disorder.
+    fn event_time(&mut self, offset: u64) -> i64 {
+        let on_time = self.start_ms + (offset as i128 * 1000 / self.events_per_sec as i128) as i64;
+        let d = self.disorder;
+        let mut back = 0;
+        if d.max_ms > 0 {
+            back += self.disorder_rng.below(d.max_ms) as i64;
+        }
+        if d.late_every > 0
+            && offset % d.late_every == d.late_every - 1
+            && on_time - self.start_ms > d.late_by_ms as i64
+        {
+            back += d.late_by_ms as i64;
+        }
+        on_time - back
     }
 
     /// Records generated so far: the offset of the next one.
@@ -142,8 +165,7 @@ impl Generator {
             self.next += 1;
             let at = At {
                 offset,
-                time_ms: self.start_ms
-                    + (offset as i128 * 1000 / self.events_per_sec as i128) as i64,
+                time_ms: self.event_time(offset),
             };
             let rng = &mut self.rng;
             match &mut self.shape {
@@ -199,6 +221,7 @@ pub(crate) mod tests {
             start_time_ms: Some(1_700_000_000_000),
             events_per_sec: None,
             batch_size: unspanned(1024),
+            disorder: None,
         };
         let mut g = Generator::new(&spec, 0);
         let mut b = Batch::with_capacity(TOPIC, 0, 8, 0);
