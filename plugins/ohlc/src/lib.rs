@@ -21,8 +21,12 @@
 
 mod bar;
 mod config;
+mod json;
 
-use std::collections::{HashMap, hash_map::Entry};
+use std::{
+    collections::{HashMap, hash_map::Entry},
+    hash::{BuildHasherDefault, Hasher},
+};
 
 use weir_sdk::{
     Context, Emitter, Record, Stage, Timer,
@@ -36,15 +40,39 @@ pub use config::{Config, Window};
 #[derive(Debug)]
 pub struct Ohlc {
     config: Config,
-    /// The bars a batch touched, by (window kind, window end, symbol): read from the host once
-    /// per batch and written back at its end, not at every trade.
-    pending: HashMap<(usize, i64, String), Bar>,
+    /// The bars a batch touched, by symbol, then (window kind, window end): read from the host
+    /// once per batch and written back at its end, not at every trade. Looked up by the
+    /// symbol borrowed from the trade, so a symbol is copied once per batch, not per trade.
+    pending: Map<String, Map<(usize, i64), Bar>>,
     /// The last watermark, read from the host once per batch.
     watermark: Option<i64>,
 }
 
-/// State key of the last watermark seen.
-const WATERMARK: &[u8] = b"wm";
+/// A hash map with FNV-1a: a batch's symbols are short, and SipHash's guard against crafted
+/// collisions buys little for a map that holds one batch (at most a batch's worth of keys)
+/// while it was a twentieth of the stage's time.
+type Map<K, V> = HashMap<K, V, BuildHasherDefault<Fnv>>;
+
+/// FNV-1a, 64 bits.
+struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Hasher for Fnv {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
 
 /// State key of the bar of window kind `kind` ending at `end` for `symbol`; the timer that
 /// closes it has key `kind/symbol` and time `end`.
@@ -61,17 +89,11 @@ fn closes_key(kind: usize, symbol: &[u8]) -> Vec<u8> {
     [format!("ma/{kind}/").as_bytes(), symbol].concat()
 }
 
-fn watermark() -> i64 {
-    state::get(WATERMARK)
-        .and_then(|v| v.try_into().ok())
-        .map_or(i64::MIN, i64::from_be_bytes)
-}
-
 impl Stage for Ohlc {
     fn init(config: &str) -> Result<Self, String> {
         Ok(Ohlc {
             config: Config::parse(config)?,
-            pending: HashMap::new(),
+            pending: Map::default(),
             watermark: None,
         })
     }
@@ -82,7 +104,12 @@ impl Stage for Ohlc {
 
     fn process(&mut self, _cx: &Context, record: &Record, out: &mut Emitter) -> Result<(), String> {
         let trade = self.config.trade(record)?;
-        let watermark = *self.watermark.get_or_insert_with(watermark);
+        let watermark = *self.watermark.get_or_insert_with(state::watermark);
+        let symbol: &str = &trade.symbol;
+        if !self.pending.contains_key(symbol) {
+            self.pending.insert(symbol.to_owned(), Map::default());
+        }
+        let bars = self.pending.get_mut(symbol).expect("inserted above");
         let mut late = true;
         for (kind, window) in self.config.windows.iter().enumerate() {
             for end in window.ends_covering(trade.time_ms) {
@@ -90,13 +117,13 @@ impl Stage for Ohlc {
                     continue;
                 }
                 late = false;
-                match self.pending.entry((kind, end, trade.symbol.clone())) {
+                match bars.entry((kind, end)) {
                     Entry::Occupied(mut bar) => {
                         let next = bar.get().with(&trade);
                         bar.insert(next);
                     }
                     Entry::Vacant(slot) => {
-                        let symbol = trade.symbol.as_bytes();
+                        let symbol = symbol.as_bytes();
                         let bar = match state::get(&bar_key(kind, end, symbol)) {
                             Some(bytes) => Bar::decode(&bytes)?.with(&trade),
                             None => {
@@ -122,8 +149,14 @@ impl Stage for Ohlc {
     }
 
     fn end_batch(&mut self) {
-        for ((kind, end, symbol), bar) in self.pending.drain() {
-            state::set(&bar_key(kind, end, symbol.as_bytes()), &bar.encode());
+        for (symbol, bars) in &mut self.pending {
+            for ((kind, end), bar) in bars.drain() {
+                state::set(&bar_key(kind, end, symbol.as_bytes()), &bar.encode());
+            }
+        }
+        // The symbols stay for the next batch, unless there are many.
+        if self.pending.len() > 1024 {
+            self.pending.clear();
         }
         self.watermark = None;
     }
@@ -177,9 +210,7 @@ impl Stage for Ohlc {
                 &[],
             );
         }
-        if watermark_ms > watermark() {
-            state::set(WATERMARK, &watermark_ms.to_be_bytes());
-        }
+        state::note_watermark(watermark_ms);
     }
 }
 
@@ -187,9 +218,9 @@ weir_sdk::export_stage!(Ohlc);
 
 /// One trade, read from a record.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Trade {
-    /// The symbol.
-    pub symbol: String,
+pub struct Trade<'a> {
+    /// The symbol, borrowed from the record when it can be.
+    pub symbol: std::borrow::Cow<'a, str>,
     /// Price.
     pub price: f64,
     /// Quantity.

@@ -250,7 +250,7 @@ fn bad_settings_are_refused_with_the_reason() {
     for (config, message) in [
         (json!({"windows": ["1x"]}), "`1x`: unknown unit `x`"),
         (json!({"windows": ["m"]}), "`m`: expected a whole number"),
-        (json!({"windows": ["0s"]}), "`0s`: a window cannot be empty"),
+        (json!({"windows": ["0s"]}), "`0s`: must be longer than zero"),
         (json!({"windows": []}), "no windows"),
         (
             json!({"sliding": [{"size": "5m", "slide": "2m"}]}),
