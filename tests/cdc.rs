@@ -10,7 +10,6 @@ mod support;
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
-    process::{Child, Stdio},
     time::{Duration, Instant},
 };
 
@@ -76,22 +75,14 @@ fn reference(changes: &Path) -> (Vec<Value>, Vec<Value>) {
     (current, audit)
 }
 
-fn catalog_args(dir: &Path) -> Vec<String> {
-    vec![
-        "--catalog-type".into(),
-        "sql".into(),
-        "--uri".into(),
-        format!("sqlite:///{}", dir.join("catalog.db").display()),
-        "--warehouse".into(),
-        dir.join("warehouse").display().to_string(),
-    ]
-}
-
 /// Rows of `table` as `tests/iceberg_tool.py COMMAND` prints them (`scan`: pyiceberg,
 /// `duckdb-scan`: DuckDB).
 fn read(dir: &Path, command: &str, table: &str, columns: &str) -> Vec<Value> {
     let mut args = vec![command.to_string()];
-    args.extend(catalog_args(dir));
+    args.extend(support::sqlite_catalog_args(
+        dir,
+        &dir.join("warehouse").display().to_string(),
+    ));
     args.extend(["--table", table, "--columns", columns].map(String::from));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     support::iceberg_tool(None, &args)
@@ -203,17 +194,6 @@ fn the_cdc_pipeline_leaves_users_current_equal_to_the_replayed_changes() {
     );
 }
 
-/// Starts `weir run` in the background.
-fn start(file: &Path) -> Child {
-    support::weir()
-        .args(["run", "--quiet"])
-        .arg(file)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
-}
-
 #[test]
 fn cdc_killed_at_random_moments_keeps_every_change_once() {
     const KILLS: u64 = 6;
@@ -239,7 +219,7 @@ fn cdc_killed_at_random_moments_keeps_every_change_once() {
     let mut rng = 0x00c0_ffee_u64;
     let started = Instant::now();
     for kill in 0..KILLS {
-        let mut child = start(&file);
+        let mut child = support::start_run(&file);
         rng = rng
             .wrapping_mul(6_364_136_223_846_793_005)
             .wrapping_add(1_442_695_040_888_963_407);

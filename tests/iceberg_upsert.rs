@@ -131,23 +131,9 @@ fn replay<'a>(changes: impl IntoIterator<Item = &'a Change>) -> BTreeMap<i64, Us
     table
 }
 
-/// The SQL catalog arguments of `tests/iceberg_tool.py` for the SQLite catalog in `dir`.
-fn reader_args(dir: &Path) -> Vec<String> {
-    [
-        "--catalog-type",
-        "sql",
-        "--uri",
-        &format!("sqlite:///{}", dir.join("catalog.db").display()),
-        "--warehouse",
-        "s3://weir/warehouse",
-    ]
-    .map(str::to_string)
-    .to_vec()
-}
-
 /// Runs a table command of `tests/iceberg_tool.py` and returns its JSON lines.
 fn tool(s3: &S3, command: &str, dir: &Path, table: &str, extra: &[&str]) -> Vec<Value> {
-    let catalog = reader_args(dir);
+    let catalog = support::sqlite_catalog_args(dir, "s3://weir/warehouse");
     let mut args: Vec<&str> = vec![command];
     args.extend(catalog.iter().map(String::as_str));
     args.extend(["--table", table, "--s3-endpoint", &s3.endpoint]);

@@ -145,18 +145,6 @@ impl Rng {
     }
 }
 
-/// The SQL catalog arguments of `tests/iceberg_tool.py` for a SQLite catalog in `dir`.
-fn sqlite_reader_args(dir: &Path) -> Vec<String> {
-    vec![
-        "--catalog-type".into(),
-        "sql".into(),
-        "--uri".into(),
-        format!("sqlite:///{}", dir.join("catalog.db").display()),
-        "--warehouse".into(),
-        "s3://weir/warehouse".into(),
-    ]
-}
-
 /// Rows of the table as pyiceberg reads them.
 fn scan(s3: &S3, catalog: &[String], table: &str, columns: &str) -> Vec<Value> {
     let mut args: Vec<&str> = vec!["scan"];
@@ -299,7 +287,7 @@ fn sigkill_at_any_moment_loses_and_repeats_nothing() {
     }
     // A last run reads the rest and stops cleanly.
     let (mut child, _lines) = start(&file, &s3, None);
-    let reader = sqlite_reader_args(dir.path());
+    let reader = support::sqlite_catalog_args(dir.path(), "s3://weir/warehouse");
     support::wait_until(
         180,
         || scan(&s3, &reader, "bronze.crash", "partition,offset").len() >= produced as usize,
@@ -427,7 +415,7 @@ fn bronze_parity(catalog: &str, reader: impl Fn(&Path, &S3) -> Vec<String>, topi
 fn bronze_table_in_a_sqlite_catalog_equals_the_topic() {
     bronze_parity(
         "{ type: sql, uri: \"sqlite:catalog.db\", warehouse: s3://weir/warehouse }",
-        |dir, _| sqlite_reader_args(dir),
+        |dir, _| support::sqlite_catalog_args(dir, "s3://weir/warehouse"),
         "bronze-sqlite",
     );
 }

@@ -9,7 +9,6 @@ mod support;
 use std::{
     collections::BTreeMap,
     path::Path,
-    process::{Child, Stdio},
     time::{Duration, Instant},
 };
 
@@ -218,17 +217,6 @@ fn assert_bars(what: &str, actual: &[Value], expected: &Bars) {
     );
 }
 
-fn catalog_args(dir: &Path) -> Vec<String> {
-    vec![
-        "--catalog-type".into(),
-        "sql".into(),
-        "--uri".into(),
-        format!("sqlite:///{}", dir.join("catalog.db").display()),
-        "--warehouse".into(),
-        dir.join("warehouse").display().to_string(),
-    ]
-}
-
 /// A name no other test run uses, for a Postgres table and Redis keys.
 fn unique(test: &str) -> String {
     format!("ohlc_{test}_{}", std::process::id())
@@ -315,7 +303,10 @@ fn assert_latest(prefix: &str, expected: &Bars) {
 /// Rows of an Iceberg table, read by pyiceberg.
 fn scan(dir: &Path, table: &str) -> Vec<Value> {
     let mut args = vec!["scan".to_string()];
-    args.extend(catalog_args(dir));
+    args.extend(support::sqlite_catalog_args(
+        dir,
+        &dir.join("warehouse").display().to_string(),
+    ));
     args.extend(["--table".into(), table.into()]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     support::iceberg_tool(None, &args)
@@ -357,17 +348,6 @@ fn ohlc_bars_equal_a_duckdb_reference_and_late_trades_go_to_late() {
     assert_eq!(support::count_lines(&dir.path().join("dlq.jsonl")), 0);
 }
 
-/// Starts `weir run` in the background.
-fn start(file: &Path) -> Child {
-    support::weir()
-        .args(["run", "--quiet"])
-        .arg(file)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
 #[test]
 fn ohlc_killed_at_random_moments_still_equals_the_reference() {
     let kills: u64 = std::env::var("WEIR_OHLC_KILLS")
@@ -389,7 +369,7 @@ fn ohlc_killed_at_random_moments_still_equals_the_reference() {
     };
     let started = Instant::now();
     for kill in 0..kills {
-        let mut child = start(&file);
+        let mut child = support::start_run(&file);
         let wait = Duration::from_millis(700 + next() % 1800);
         std::thread::sleep(wait);
         if child.try_wait().unwrap().is_some() {
@@ -399,11 +379,7 @@ fn ohlc_killed_at_random_moments_still_equals_the_reference() {
         child.wait().unwrap();
         eprintln!("kill {kill} after {wait:?}");
     }
-    let mut child = start(&file);
-    let status = child.wait().unwrap();
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
-    assert!(status.success(), "the last run failed: {stderr}");
+    support::run_pipeline(&file);
     eprintln!("{kills} kills and a last run in {:?}", started.elapsed());
     assert_bars(
         "iceberg after kills",

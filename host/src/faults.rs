@@ -3,7 +3,8 @@
 //! there, so a test can kill it with SIGKILL at an exact step of the checkpoint protocol.
 //! Without the variable, [`reached`] only compares a counter.
 //!
-//! Phases: `data-file` (rows written into an open Iceberg data file), `manifest` (manifest
+//! Phases: `data-file` (rows written into an open Iceberg data file; with `mode: upsert`, a
+//! batch's changes noted, to be written at the barrier), `manifest` (manifest
 //! stored, no sink committed), `iceberg-commit` (an Iceberg sink committed, the other sinks not
 //! yet), `sinks-committed` (every sink committed, the Kafka offsets not yet).
 

@@ -106,6 +106,33 @@ pub fn run_pipeline(file: &Path) -> String {
     stdout
 }
 
+/// Starts `weir run --quiet FILE` in the background with its output discarded: a run a test
+/// kills.
+pub fn start_run(file: &Path) -> std::process::Child {
+    weir()
+        .args(["run", "--quiet"])
+        .arg(file)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("weir starts")
+}
+
+/// The catalog arguments of `tests/iceberg_tool.py` for the SQLite catalog `dir/catalog.db`
+/// whose warehouse is `warehouse` (a folder, or `s3://…`).
+pub fn sqlite_catalog_args(dir: &Path, warehouse: &str) -> Vec<String> {
+    [
+        "--catalog-type",
+        "sql",
+        "--uri",
+        &format!("sqlite:///{}", dir.join("catalog.db").display()),
+        "--warehouse",
+        warehouse,
+    ]
+    .map(str::to_string)
+    .to_vec()
+}
+
 /// The text of `pipelines/quickstart.yaml`.
 pub fn quickstart() -> String {
     std::fs::read_to_string(repo().join("pipelines/quickstart.yaml"))

@@ -850,16 +850,20 @@ async fn restore_state(
             "restored the stages' state from the checkpoint store"
         );
     }
-    let keep_from = manifests
-        .oldest_needed_state()
-        .await
-        .map_err(|e| failed(e.to_string()))?;
-    manifests
-        .prune_state(keep_from, id)
-        .await
-        .map_err(|e| failed(e.to_string()))?;
+    prune_state(manifests, id).await?;
     let _ = std::fs::remove_dir_all(folder.join("upload"));
     Ok(db)
+}
+
+/// Deletes the state files that no kept manifest needs (checkpoint `id` is the newest).
+async fn prune_state(
+    manifests: &crate::checkpoint::ManifestStore,
+    id: u64,
+) -> Result<(), RunError> {
+    let failed = |e: crate::checkpoint::StoreError| RunError::Checkpoint(e.to_string());
+    let keep_from = manifests.oldest_needed_state().await.map_err(failed)?;
+    manifests.prune_state(keep_from, id).await.map_err(failed)?;
+    Ok(())
 }
 
 /// The checkpoint coordinator: once a checkpoint's barrier has left the source and every sink
@@ -958,14 +962,7 @@ async fn coordinate(
             }
             crate::faults::reached("sinks-committed");
             if manifests.prune().await.map_err(|e| failed(e.to_string()))? > 0 && run.stateful {
-                let keep_from = manifests
-                    .oldest_needed_state()
-                    .await
-                    .map_err(|e| failed(e.to_string()))?;
-                manifests
-                    .prune_state(keep_from, id)
-                    .await
-                    .map_err(|e| failed(e.to_string()))?;
+                prune_state(&manifests, id).await?;
             }
             metrics.checkpoint_done(checkpoint.started.elapsed(), files, bytes);
             tracing::debug!(checkpoint = id, files, bytes, "checkpoint committed");

@@ -192,6 +192,21 @@ impl Index {
     }
 }
 
+/// A reader of a table's Parquet file (data or deletes), from its footer on.
+async fn open_parquet(
+    file: &DataFile,
+    storage: &ObjectStorage,
+) -> Result<ParquetRecordBatchStreamBuilder<ParquetObjectReader>, SinkError> {
+    let path = file.file_path();
+    let (store, object) = storage
+        .resolve(path)
+        .map_err(iceberg_error(format!("reading {path}")))?;
+    let reader = ParquetObjectReader::new(store, object).with_file_size(file.file_size_in_bytes());
+    ParquetRecordBatchStreamBuilder::new(reader)
+        .await
+        .map_err(|e| SinkError::Io(format!("reading {path}: {e}")))
+}
+
 /// The key columns of a data file, cast to the table's types, batch by batch.
 async fn read_keys(
     file: &DataFile,
@@ -200,13 +215,7 @@ async fn read_keys(
 ) -> Result<Vec<Vec<ArrayRef>>, SinkError> {
     let path = file.file_path();
     let failed = |e: parquet::errors::ParquetError| SinkError::Io(format!("reading {path}: {e}"));
-    let (store, object) = storage
-        .resolve(path)
-        .map_err(iceberg_error(format!("reading {path}")))?;
-    let reader = ParquetObjectReader::new(store, object).with_file_size(file.file_size_in_bytes());
-    let builder = ParquetRecordBatchStreamBuilder::new(reader)
-        .await
-        .map_err(failed)?;
+    let builder = open_parquet(file, storage).await?;
     // Find each key column by field id, or by name in a file written without ids.
     let arrow = builder.schema().clone();
     let field_id = |f: &arrow_schema::Field| {
@@ -253,13 +262,7 @@ async fn read_deletes(
 ) -> Result<Vec<(String, u64)>, SinkError> {
     let path = file.file_path();
     let failed = |e: parquet::errors::ParquetError| SinkError::Io(format!("reading {path}: {e}"));
-    let (store, object) = storage
-        .resolve(path)
-        .map_err(iceberg_error(format!("reading {path}")))?;
-    let reader = ParquetObjectReader::new(store, object).with_file_size(file.file_size_in_bytes());
-    let builder = ParquetRecordBatchStreamBuilder::new(reader)
-        .await
-        .map_err(failed)?;
+    let builder = open_parquet(&file, storage).await?;
     let arrow = builder.schema().clone();
     let (Some(paths), Some(positions)) =
         (arrow.index_of("file_path").ok(), arrow.index_of("pos").ok())
