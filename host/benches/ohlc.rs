@@ -115,8 +115,9 @@ fn wasm(symbols: usize) {
 }
 
 /// The component with its state in the state database, as a pipeline runs it: the write-back
-/// map over sled, and every second a checkpoint that moves the changes into sled and writes the
-/// state file (a full one every 20th), inside the batch that hits it.
+/// map over sled, and every second a checkpoint that hands the changes to the database's writer
+/// thread, which moves them into sled and writes the state file (a full one every 20th) while
+/// the stage goes on.
 fn wasm_sled(symbols: usize) {
     let host = PluginHost::new(None).unwrap();
     let plugin = host
@@ -133,10 +134,15 @@ fn wasm_sled(symbols: usize) {
         let n = out.records.len() + runner.on_watermark(watermark).unwrap().records.len();
         if last.elapsed() >= Duration::from_secs(1) {
             id += 1;
-            let changes = [("ohlc", runner.take_changes())];
+            let seq = db.reserve();
+            let changes = [("ohlc", runner.take_changes(seq))];
             let file = dir.path().join(format!("chk-{id}"));
-            let written = db.commit(id, &changes, id % 20 == 1, &file).unwrap();
-            std::fs::remove_file(written.local).unwrap();
+            let job = move |db: &weir::state::StateDb| {
+                let written = db.commit(id, &changes, id % 20 == 1, &file)?;
+                let _ = std::fs::remove_file(written.local);
+                Ok(())
+            };
+            db.submit(seq, Box::new(job)).unwrap();
             last = Instant::now();
         }
         n

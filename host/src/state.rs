@@ -7,6 +7,12 @@
 //!                            └──▶ spilled to sled, journalled (so the delta still holds it)
 //! ```
 //!
+//! Writing to sled happens on a writer thread of the database's own ([`StateDb::submit`]), in
+//! the order the stage thread hands the work over, so a checkpoint does not stall the stages
+//! for as long as sled and the state file take (hundreds of milliseconds with many keys). Until
+//! the writer has applied a checkpoint's changes, the stage keeps them as a read-only
+//! [`Layer`] that its reads look at before the database.
+//!
 //! A checkpoint's state file holds what changed since the one before (a **delta**), or every
 //! entry (a **full** snapshot, every [`FULL_EVERY`] checkpoints and at the first one of a run);
 //! the manifest names the chain a restore needs: the newest full file and the deltas after it.
@@ -24,6 +30,11 @@ use std::{
     io::{BufRead, BufReader, BufWriter, Read, Write},
     ops::Bound,
     path::{Path, PathBuf},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+        mpsc,
+    },
 };
 
 use serde::{Deserialize, Serialize};
@@ -33,6 +44,10 @@ pub const FULL_EVERY: u64 = 20;
 
 /// Dirty bytes a stage keeps in memory between checkpoints before it spills them to sled.
 pub const SPILL_AT_BYTES: usize = 64 << 20;
+
+/// Jobs the writer may be behind by before a checkpoint waits for it, which bounds the memory
+/// that changes in flight hold.
+pub const MAX_BEHIND: u64 = 4;
 
 /// The first bytes of a state file.
 const MAGIC: &[u8; 8] = b"WEIRST1\n";
@@ -61,11 +76,15 @@ pub struct StateRef {
     pub entries: u64,
 }
 
+/// Keys set (`Some`) or deleted (`None`), handed to the writer thread and kept, shared, by the
+/// stage for its reads until the writer has applied them.
+pub type Layer = Arc<BTreeMap<Vec<u8>, Option<Vec<u8>>>>;
+
 /// Changes one stage made since the last checkpoint.
 #[derive(Debug, Default)]
 pub struct Changes {
     /// Keys set (`Some`) or deleted (`None`).
-    pub state: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    pub state: Layer,
     /// Timers registered (`true`) or removed (`false`).
     pub timers: BTreeMap<(i64, Vec<u8>), bool>,
 }
@@ -83,6 +102,29 @@ pub struct StateDb {
     db: sled::Db,
     /// Its folder, for messages.
     path: PathBuf,
+    /// The writer thread; `None` in the writer's own handle.
+    writer: Option<Arc<Writer>>,
+}
+
+/// Work for the writer thread, run on its handle to the database.
+pub type Job = Box<dyn FnOnce(&StateDb) -> Result<(), StateError> + Send>;
+
+/// The stage thread's end of the writer thread.
+struct Writer {
+    jobs: Mutex<mpsc::Sender<(u64, Job)>>,
+    /// What the writer shares with the stage thread.
+    shared: Arc<Progress>,
+}
+
+/// How far the writer has got.
+#[derive(Default)]
+struct Progress {
+    /// The last sequence number handed out.
+    reserved: AtomicU64,
+    /// The sequence number of the last job done.
+    applied: AtomicU64,
+    /// Why the writer stopped, if it failed.
+    failed: Mutex<Option<String>>,
 }
 
 /// A state file written for a checkpoint, waiting for upload.
@@ -147,10 +189,87 @@ impl StateDb {
                 path: path.display().to_string(),
                 message: format!("cannot open the state database: {e} (is another run of this pipeline using it?)"),
             })?;
+        let shared = Arc::new(Progress::default());
+        let (tx, rx) = mpsc::channel::<(u64, Job)>();
+        let own = StateDb {
+            db: db.clone(),
+            path: path.into(),
+            writer: None,
+        };
+        let progress = shared.clone();
+        std::thread::Builder::new()
+            .name("weir-state".into())
+            .spawn(move || {
+                for (seq, job) in rx {
+                    if let Err(e) = job(&own) {
+                        *progress.failed.lock().expect("not poisoned") = Some(e.to_string());
+                        return;
+                    }
+                    progress.applied.store(seq, Ordering::Release);
+                }
+            })
+            .map_err(|e| StateError {
+                path: path.display().to_string(),
+                message: format!("cannot start the state writer: {e}"),
+            })?;
         Ok(StateDb {
             db,
             path: path.into(),
+            writer: Some(Arc::new(Writer {
+                jobs: Mutex::new(tx),
+                shared,
+            })),
         })
+    }
+
+    fn writer(&self) -> &Writer {
+        self.writer
+            .as_ref()
+            .expect("only the writer's own handle has no writer, and it submits nothing")
+    }
+
+    /// A sequence number for the next job: jobs must be submitted in this order, which the
+    /// single stage thread does by reserving right before it submits.
+    pub fn reserve(&self) -> u64 {
+        self.writer().shared.reserved.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// Runs `job` on the writer thread after every job submitted before it.
+    pub fn submit(&self, seq: u64, job: Job) -> Result<(), StateError> {
+        self.failed()?;
+        self.writer()
+            .jobs
+            .lock()
+            .expect("not poisoned")
+            .send((seq, job))
+            .map_err(|_| self.error("the state writer has stopped"))
+    }
+
+    /// The sequence number of the last job the writer has done.
+    pub fn applied(&self) -> u64 {
+        self.writer().shared.applied.load(Ordering::Acquire)
+    }
+
+    /// An error if the writer failed: the run cannot go on.
+    pub fn failed(&self) -> Result<(), StateError> {
+        match &*self.writer().shared.failed.lock().expect("not poisoned") {
+            Some(message) => Err(self.error(message)),
+            None => Ok(()),
+        }
+    }
+
+    /// Waits until the writer has done job `seq` and every one before (or failed).
+    pub fn wait_for(&self, seq: u64) -> Result<(), StateError> {
+        while self.applied() < seq {
+            self.failed()?;
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        self.failed()
+    }
+
+    /// Waits until the writer has done every job submitted so far (or failed).
+    pub fn settled(&self) -> Result<(), StateError> {
+        self.wait_for(self.writer().shared.reserved.load(Ordering::Acquire))
     }
 
     fn error(&self, e: impl std::fmt::Display) -> StateError {
@@ -179,9 +298,14 @@ impl StateDb {
 
     /// Whether `changes` and the stages' spill journals hold nothing: such a checkpoint only
     /// moves the database's checkpoint id ([`StateDb::mark`]) and needs no state file.
-    pub fn unchanged(&self, changes: &[(&str, Changes)]) -> bool {
+    pub fn unchanged<S: AsRef<str>>(&self, changes: &[(S, Changes)]) -> bool {
         changes.iter().all(|(stage, c)| {
-            c.is_empty() && self.db.scan_prefix(prefix(b'c', stage)).next().is_none()
+            c.is_empty()
+                && self
+                    .db
+                    .scan_prefix(prefix(b'c', stage.as_ref()))
+                    .next()
+                    .is_none()
         })
     }
 
@@ -196,16 +320,17 @@ impl StateDb {
     /// Writes a checkpoint's changes (each stage's, in order) to the database, atomically with
     /// the checkpoint's id, and writes the state file to upload: the changes, or with `full`
     /// every entry.
-    pub fn commit(
+    pub fn commit<S: AsRef<str>>(
         &self,
         id: u64,
-        changes: &[(&str, Changes)],
+        changes: &[(S, Changes)],
         full: bool,
         file: &Path,
     ) -> Result<StateFile, StateError> {
         let mut out = FileWriter::create(file).map_err(|e| self.error(e))?;
         let mut batch = sled::Batch::default();
         for (stage, changes) in changes {
+            let stage = stage.as_ref();
             // Spilled changes first: the dirty map holds anything newer.
             for entry in self.db.scan_prefix(prefix(b'c', stage)) {
                 let (k, v) = entry.map_err(|e| self.error(e))?;
@@ -216,7 +341,7 @@ impl StateDb {
                 }
                 batch.remove(k);
             }
-            for (key, value) in &changes.state {
+            for (key, value) in changes.state.iter() {
                 let key = state_key(stage, key);
                 if !full {
                     out.op(&key, value.as_deref()).map_err(|e| self.error(e))?;
@@ -361,24 +486,39 @@ impl Backing {
 
     /// Moves changes out of memory into the database, journalled so that the next checkpoint's
     /// delta still holds them. The database then no longer stands at a checkpoint.
-    pub fn spill(&self, dirty: &mut BTreeMap<Vec<u8>, Option<Vec<u8>>>) {
+    pub fn spill(&self, layer: &BTreeMap<Vec<u8>, Option<Vec<u8>>>) -> Result<(), StateError> {
         let mut batch = sled::Batch::default();
         batch.insert(META, &0u64.to_be_bytes());
-        for (key, value) in std::mem::take(dirty) {
+        for (key, value) in layer {
             let mut journal = vec![u8::from(value.is_some())];
             match &value {
                 Some(v) => {
                     journal.extend_from_slice(v);
-                    batch.insert(state_key(&self.stage, &key), v.as_slice());
+                    batch.insert(state_key(&self.stage, key), v.as_slice());
                 }
-                None => batch.remove(state_key(&self.stage, &key)),
+                None => batch.remove(state_key(&self.stage, key)),
             }
-            batch.insert(journal_key(&self.stage, &key), journal);
+            batch.insert(journal_key(&self.stage, key), journal);
         }
-        self.db
-            .db
-            .apply_batch(batch)
-            .unwrap_or_else(|e| panic!("state database {}: {e}", self.db.path.display()));
+        self.db.db.apply_batch(batch).map_err(|e| self.db.error(e))
+    }
+
+    /// Spills `layer` on the writer thread, after everything submitted before; returns the
+    /// job's sequence number (the layer must stay readable until [`StateDb::applied`] reaches
+    /// it).
+    pub fn spill_later(&self, layer: Layer) -> Result<u64, StateError> {
+        let seq = self.db.reserve();
+        let stage = self.stage.clone();
+        self.db.submit(
+            seq,
+            Box::new(move |db: &StateDb| db.stage(&stage).spill(&layer)),
+        )?;
+        Ok(seq)
+    }
+
+    /// The sequence number of the last job the writer has done.
+    pub fn applied(&self) -> u64 {
+        self.db.applied()
     }
 }
 
@@ -496,10 +636,12 @@ mod tests {
 
     fn changes(pairs: &[(&str, Option<&str>)], timers: &[(i64, &str, bool)]) -> Changes {
         Changes {
-            state: pairs
-                .iter()
-                .map(|(k, v)| (k.as_bytes().to_vec(), v.map(|v| v.as_bytes().to_vec())))
-                .collect(),
+            state: Arc::new(
+                pairs
+                    .iter()
+                    .map(|(k, v)| (k.as_bytes().to_vec(), v.map(|v| v.as_bytes().to_vec())))
+                    .collect(),
+            ),
             timers: timers
                 .iter()
                 .map(|(t, k, a)| ((*t, k.as_bytes().to_vec()), *a))
@@ -534,8 +676,8 @@ mod tests {
         assert!(f1.full);
         // Another stage's keys and a spill before the second checkpoint.
         let ohlc = db.stage("ohlc");
-        let mut dirty = [(b"c".to_vec(), Some(b"3".to_vec()))].into_iter().collect();
-        ohlc.spill(&mut dirty);
+        let dirty = [(b"c".to_vec(), Some(b"3".to_vec()))].into_iter().collect();
+        ohlc.spill(&dirty).unwrap();
         assert_eq!(db.checkpoint().unwrap(), 0, "a spill leaves the checkpoint");
         let f2 = db
             .commit(
@@ -575,11 +717,36 @@ mod tests {
         assert_eq!(copy.stage("ohlc").timers().unwrap().len(), 1);
 
         // A full snapshot of the restored copy restores alone.
-        let f3 = copy.commit(3, &[], true, &dir.path().join("3")).unwrap();
+        let none: &[(&str, Changes)] = &[];
+        let f3 = copy.commit(3, none, true, &dir.path().join("3")).unwrap();
         let third = StateDb::open(&dir.path().join("c")).unwrap();
         third.restore(3, &[f3.local]).unwrap();
         assert_eq!(entries(&third.stage("ohlc")), want);
         assert_eq!(third.stage("ohlc").timers().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn the_writer_runs_jobs_in_order_and_stops_at_a_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = StateDb::open(dir.path()).unwrap();
+        let first = db.reserve();
+        db.submit(first, Box::new(|db: &StateDb| db.mark(7)))
+            .unwrap();
+        let layer: Layer = Arc::new([(b"k".to_vec(), Some(b"v".to_vec()))].into());
+        let spill = db.stage("a").spill_later(layer).unwrap();
+        assert!(spill > first);
+        db.settled().unwrap();
+        assert_eq!(db.applied(), spill);
+        assert_eq!(db.checkpoint().unwrap(), 0, "the spill came after the mark");
+        assert_eq!(db.stage("a").get(b"k"), Some(b"v".to_vec()));
+        let failing = db.reserve();
+        db.submit(failing, Box::new(|db: &StateDb| Err(db.error("disk full"))))
+            .unwrap();
+        let error = db.settled().unwrap_err();
+        assert!(error.message.contains("disk full"), "{error}");
+        assert_eq!(db.applied(), spill, "the failed job is not done");
+        let next = db.reserve();
+        assert!(db.submit(next, Box::new(|_: &StateDb| Ok(()))).is_err());
     }
 
     #[test]

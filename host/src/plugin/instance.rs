@@ -16,7 +16,7 @@ use wasmtime_wasi::{
     p2::pipe::MemoryOutputPipe,
 };
 
-use crate::state::{Backing, Changes, SPILL_AT_BYTES};
+use crate::state::{Backing, Changes, Layer, SPILL_AT_BYTES};
 
 use super::{
     EPOCH_TICK, Limits, Plugin, PluginError,
@@ -40,6 +40,9 @@ struct Keyed {
     backing: Option<Backing>,
     /// Keys set (`Some`) or deleted (`None`) since the last checkpoint.
     dirty: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Earlier changes handed to the database's writer thread and not yet applied, oldest
+    /// first, each with the writer's sequence number: reads look here after `dirty`.
+    in_flight: Vec<(u64, Layer)>,
     /// Bytes in `dirty`, to spill it before it outgrows its budget.
     dirty_bytes: usize,
     /// Registered event-time timers, ordered by time (all of them: a timer is small).
@@ -61,10 +64,31 @@ enum Undo {
 
 impl Keyed {
     fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
-        match self.dirty.get(key) {
-            Some(value) => value.clone(),
-            None => self.backing.as_ref().and_then(|b| b.get(key)),
+        if let Some(value) = self.dirty.get(key) {
+            return value.clone();
         }
+        for (_, layer) in self.in_flight.iter().rev() {
+            if let Some(value) = layer.get(key) {
+                return value.clone();
+            }
+        }
+        self.backing.as_ref().and_then(|b| b.get(key))
+    }
+
+    /// Forgets the layers the writer has applied: the database holds them now.
+    fn prune(&mut self) {
+        if let (Some(backing), false) = (&self.backing, self.in_flight.is_empty()) {
+            let applied = backing.applied();
+            self.in_flight.retain(|(seq, _)| *seq > applied);
+        }
+    }
+
+    /// Hands the dirty map to the database as layer `seq` (already submitted, or about to be).
+    fn hand_over(&mut self, seq: u64) -> Layer {
+        self.dirty_bytes = 0;
+        let layer = Arc::new(std::mem::take(&mut self.dirty));
+        self.in_flight.push((seq, layer.clone()));
+        layer
     }
 
     fn put(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) {
@@ -118,47 +142,74 @@ impl Keyed {
     /// database once it outgrows its budget.
     fn settle(&mut self) {
         self.undo.clear();
+        self.prune();
         if self.dirty_bytes >= SPILL_AT_BYTES
-            && let Some(backing) = &self.backing
+            && let Some(backing) = self.backing.clone()
         {
-            backing.spill(&mut self.dirty);
-            self.dirty_bytes = 0;
+            // Spilled on the writer thread; a writer that failed fails the next checkpoint.
+            let layer = Arc::new(std::mem::take(&mut self.dirty));
+            match backing.spill_later(layer.clone()) {
+                Ok(seq) => {
+                    self.in_flight.push((seq, layer));
+                    self.dirty_bytes = 0;
+                }
+                Err(_) => self.dirty = Arc::unwrap_or_clone(layer),
+            }
         }
     }
 
     /// Entries whose key starts with `prefix`, after `from`, in key order: the dirty map over
-    /// the database.
+    /// the layers in flight (newest first) over the database.
     fn scan(&self, prefix: &[u8], from: Bound<Vec<u8>>, limit: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
-        let mut dirty = self
-            .dirty
-            .range::<Vec<u8>, _>((from.clone(), Bound::Unbounded))
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .peekable();
-        let mut stored = self
-            .backing
-            .as_ref()
-            .map(|b| b.range(prefix, from))
-            .into_iter()
-            .flatten()
-            .peekable();
+        type Entry = (Vec<u8>, Option<Vec<u8>>);
+        type Source<'s> = std::iter::Peekable<Box<dyn Iterator<Item = Entry> + 's>>;
+        fn memory<'s>(
+            map: &'s BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+            prefix: &'s [u8],
+            from: &Bound<Vec<u8>>,
+        ) -> Source<'s> {
+            let range = map
+                .range::<Vec<u8>, _>((from.clone(), Bound::Unbounded))
+                .take_while(move |(k, _)| k.starts_with(prefix))
+                .map(|(k, v)| (k.clone(), v.clone()));
+            (Box::new(range) as Box<dyn Iterator<Item = Entry>>).peekable()
+        }
+        // In order of precedence: the newest source first.
+        let mut sources: Vec<Source<'_>> = vec![memory(&self.dirty, prefix, &from)];
+        sources.extend(
+            self.in_flight
+                .iter()
+                .rev()
+                .map(|(_, layer)| memory(layer, prefix, &from)),
+        );
+        if let Some(backing) = &self.backing {
+            let stored = backing
+                .range(prefix, from.clone())
+                .map(|(k, v)| (k, Some(v)));
+            sources.push((Box::new(stored) as Box<dyn Iterator<Item = Entry>>).peekable());
+        }
         let mut out = Vec::new();
         while out.len() < limit {
-            let order = match (dirty.peek(), stored.peek()) {
-                (None, None) => break,
-                (Some(_), None) => std::cmp::Ordering::Less,
-                (None, Some(_)) => std::cmp::Ordering::Greater,
-                (Some((dk, _)), Some((sk, _))) => dk.as_slice().cmp(sk.as_slice()),
+            let Some(least) = sources
+                .iter_mut()
+                .filter_map(|s| s.peek().map(|(k, _)| k.clone()))
+                .min()
+            else {
+                break;
             };
-            if order == std::cmp::Ordering::Equal {
-                stored.next(); // the dirty map's entry is newer
-            }
-            if order != std::cmp::Ordering::Greater {
-                let (k, v) = dirty.next().expect("peeked");
-                if let Some(v) = v {
-                    out.push((k.clone(), v.clone()));
+            // The first source holding the key has its newest value; the others' are older.
+            let mut value = None;
+            let mut found = false;
+            for source in &mut sources {
+                if source.peek().is_some_and(|(k, _)| *k == least) {
+                    let (_, v) = source.next().expect("peeked");
+                    if !found {
+                        (value, found) = (v, true);
+                    }
                 }
-            } else {
-                out.push(stored.next().expect("peeked"));
+            }
+            if let Some(v) = value {
+                out.push((least, v));
             }
         }
         out
@@ -366,11 +417,14 @@ impl StageRunner {
     }
 
     /// The changes since the last call of this, for a checkpoint.
-    pub fn take_changes(&mut self) -> Changes {
+    ///
+    /// They stay readable, as a layer over the database, until the database's writer has
+    /// applied job `seq` (the one that carries them).
+    pub fn take_changes(&mut self, seq: u64) -> Changes {
         let keyed = self.keyed_mut();
-        keyed.dirty_bytes = 0;
+        keyed.prune();
         Changes {
-            state: std::mem::take(&mut keyed.dirty),
+            state: keyed.hand_over(seq),
             timers: std::mem::take(&mut keyed.timer_changes),
         }
     }

@@ -229,10 +229,12 @@ pub async fn run(
             db,
             folder: crate::pipeline::normalize(&dir.join(&checkpoint.state_dir).join(&name))
                 .join("upload"),
-            chain: latest
-                .as_ref()
-                .and_then(|m| m.state.as_ref())
-                .map_or(0, |s| s.files.len()),
+            chain: Arc::new(std::sync::atomic::AtomicUsize::new(
+                latest
+                    .as_ref()
+                    .and_then(|m| m.state.as_ref())
+                    .map_or(0, |s| s.files.len()),
+            )),
         })
     };
     let watermarks = event_time::Watermarks::new(
@@ -440,8 +442,9 @@ struct ChainState {
     db: crate::state::StateDb,
     /// Where state files wait for upload.
     folder: std::path::PathBuf,
-    /// Files in the newest checkpoint's chain (0: no state stored yet).
-    chain: usize,
+    /// Files in the newest checkpoint's chain (0: no state stored yet), as the database's
+    /// writer thread, which writes them, counts.
+    chain: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// The stage chain: runs every batch through the stages and routes what comes out.
@@ -495,6 +498,14 @@ fn run_chain(
             }
         }
     }
+    // The last checkpoints' state may still be on its way to sled: wait for it, and fail the
+    // run if it could not be written.
+    if let Some(state) = &chain.state {
+        state
+            .db
+            .settled()
+            .map_err(|e| RunError::Checkpoint(e.to_string()))?;
+    }
     Ok(())
 }
 
@@ -534,57 +545,76 @@ fn advance(
     Ok(())
 }
 
-/// Writes checkpoint `id`'s state: every stage's changes into the database and a state file,
-/// which goes to the coordinator with where event time stands. Every [`crate::state::FULL_EVERY`]
-/// checkpoints (and when nothing is stored yet) the file holds all the state, so a restore
-/// reads a short chain.
+/// Writes checkpoint `id`'s state: hands every stage's changes to the state database's writer
+/// thread, which applies them after everything handed over before, writes the state file and
+/// tells the coordinator (with where event time stood at the barrier). The stages go on at
+/// once: until the writer is done, their reads see the changes in memory.
 fn checkpoint_state(
     stages: &mut [crate::pipeline::Stage],
     id: u64,
     chain: &mut Chain,
 ) -> Result<(), RunError> {
-    let failed = |e: crate::state::StateError| RunError::Checkpoint(e.to_string());
-    let file = match &mut chain.state {
-        None => None,
-        Some(state) => {
-            let changes: Vec<_> = stages
-                .iter_mut()
-                .map(|s| (s.name.as_str(), s.runner.take_changes()))
-                .collect();
-            if state.db.unchanged(&changes) {
-                // A stateless stage, or a quiet second: nothing to write but where it stands.
-                state.db.mark(id).map_err(failed)?;
-                None
-            } else {
-                checkpoint_file(state, id, &changes)?
-            }
-        }
+    let event_time = chain.watermarks.snapshot();
+    let Some(state) = &chain.state else {
+        let _ = chain.coordinator.send(Coord::State {
+            id,
+            file: None,
+            event_time,
+        });
+        return Ok(());
     };
-    let _ = chain.coordinator.send(Coord::State {
-        id,
-        file,
-        event_time: chain.watermarks.snapshot(),
-    });
-    Ok(())
+    let failed = |e: crate::state::StateError| RunError::Checkpoint(e.to_string());
+    let seq = state.db.reserve();
+    // Far behind (a slow disk): wait, rather than hold ever more changes in memory.
+    state
+        .db
+        .wait_for(seq.saturating_sub(crate::state::MAX_BEHIND))
+        .map_err(failed)?;
+    let changes: Vec<_> = stages
+        .iter_mut()
+        .map(|s| (s.name.clone(), s.runner.take_changes(seq)))
+        .collect();
+    let (files, folder) = (state.chain.clone(), state.folder.clone());
+    let coordinator = chain.coordinator.clone();
+    let job = move |db: &crate::state::StateDb| {
+        let file = if db.unchanged(&changes) {
+            // A stateless stage, or a quiet second: nothing to write but where it stands.
+            db.mark(id)?;
+            None
+        } else {
+            checkpoint_file(db, &files, &folder, id, &changes)?
+        };
+        let _ = coordinator.send(Coord::State {
+            id,
+            file,
+            event_time,
+        });
+        Ok(())
+    };
+    state.db.submit(seq, Box::new(job)).map_err(failed)
 }
 
 /// Moves checkpoint `id`'s `changes` into the database and writes its state file: a delta, or
-/// all the state when nothing is stored yet or the chain of deltas is long.
+/// all the state when nothing is stored yet or the chain of deltas is long. `files` counts the
+/// chain.
 fn checkpoint_file(
-    state: &mut ChainState,
+    db: &crate::state::StateDb,
+    files: &std::sync::atomic::AtomicUsize,
+    folder: &std::path::Path,
     id: u64,
-    changes: &[(&str, crate::state::Changes)],
-) -> Result<Option<crate::state::StateFile>, RunError> {
-    let failed = |e: crate::state::StateError| RunError::Checkpoint(e.to_string());
-    let full = state.chain == 0 || state.chain >= crate::state::FULL_EVERY as usize;
-    let local = state.folder.join(format!("chk-{id:020}"));
-    let file = state.db.commit(id, changes, full, &local).map_err(failed)?;
-    if file.entries == 0 && (!full || state.chain == 0) {
+    changes: &[(String, crate::state::Changes)],
+) -> Result<Option<crate::state::StateFile>, crate::state::StateError> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let chain = files.load(Relaxed);
+    let full = chain == 0 || chain >= crate::state::FULL_EVERY as usize;
+    let local = folder.join(format!("chk-{id:020}"));
+    let file = db.commit(id, changes, full, &local)?;
+    if file.entries == 0 && (!full || chain == 0) {
         // Nothing left in the state, and nothing stored yet: the chain stays as it is.
         let _ = std::fs::remove_file(&file.local);
         Ok(None)
     } else {
-        state.chain = if file.full { 1 } else { state.chain + 1 };
+        files.store(if file.full { 1 } else { chain + 1 }, Relaxed);
         Ok(Some(file))
     }
 }
