@@ -26,8 +26,13 @@ use weir::{
 };
 use weir_sdk::{Emitter, Stage, host::timers};
 
-const WARMUP: Duration = Duration::from_millis(500);
+/// Batches before measuring: about a minute of event time, the same for every mode.
+const WARMUP_BATCHES: usize = 60;
 const MEASURE: Duration = Duration::from_secs(3);
+/// Records measured at the least: ten minutes of event time, so that every mode sees the same
+/// minute boundaries (at 100,000 symbols each closes a bar per symbol at once, and a run that
+/// sees one boundary more or less reads very differently).
+const MIN_RECORDS: u64 = 600_000;
 const BATCH: usize = 1024;
 const CONFIG: &str = r#"{"windows": ["1m"]}"#;
 const BOUND_MS: i64 = 5_000;
@@ -49,15 +54,14 @@ fn generator(symbols: usize) -> Generator {
     Generator::new(&spec, 0)
 }
 
-/// Hands batches to `stage` (batch, watermark → outputs) for WARMUP then MEASURE (of time in
+/// Hands batches to `stage` (batch, watermark → outputs): WARMUP_BATCHES, then MEASURE (of time in
 /// the stage); prints `records_per_sec p50_us p99_us rss_mib outputs`, where records/s is
 /// records over the time spent inside the stage: generating the trades is not counted.
 fn run(symbols: usize, mut stage: impl FnMut(&Batch, i64) -> usize) {
     let mut generator = generator(symbols);
     let (mut records, mut outputs, mut latencies) = (0u64, 0usize, Vec::new());
     let mut busy = Duration::ZERO;
-    let started = Instant::now();
-    let mut measuring = false;
+    let mut warmup = WARMUP_BATCHES;
     loop {
         let mut batch = Batch::with_capacity(TOPIC, 0, BATCH, BATCH * 200);
         generator.fill(&mut batch, BATCH);
@@ -65,15 +69,15 @@ fn run(symbols: usize, mut stage: impl FnMut(&Batch, i64) -> usize) {
         let t = Instant::now();
         let out = stage(&batch, latest - BOUND_MS);
         let took = t.elapsed();
-        if !measuring {
-            measuring = started.elapsed() >= WARMUP;
+        if warmup > 0 {
+            warmup -= 1;
             continue;
         }
         records += batch.len() as u64;
         outputs += out;
         latencies.push(took);
         busy += took;
-        if busy >= MEASURE {
+        if busy >= MEASURE && records >= MIN_RECORDS {
             latencies.sort();
             let pct =
                 |p: f64| latencies[((latencies.len() - 1) as f64 * p) as usize].as_secs_f64() * 1e6;
@@ -135,6 +139,9 @@ fn wasm_sled(symbols: usize) {
         if last.elapsed() >= Duration::from_secs(1) {
             id += 1;
             let seq = db.reserve();
+            // As a pipeline does: wait for a writer that is far behind.
+            db.wait_for(seq.saturating_sub(weir::state::MAX_BEHIND))
+                .unwrap();
             let changes = [("ohlc", runner.take_changes(seq))];
             let file = dir.path().join(format!("chk-{id}"));
             let job = move |db: &weir::state::StateDb| {
@@ -165,10 +172,9 @@ fn main() {
         return;
     }
     println!(
-        "ohlc benchmark: trades → ohlc (1m bars) → null, one thread, batch {BATCH}, watermark {} s behind; {} s inside the stage per mode after {} ms warm-up; records/s over time inside the stage",
+        "ohlc benchmark: trades → ohlc (1m bars) → null, one thread, batch {BATCH}, watermark {} s behind; {} s and {MIN_RECORDS} trades inside the stage per mode at the least, after {WARMUP_BATCHES} batches; records/s over time inside the stage",
         BOUND_MS / 1000,
         MEASURE.as_secs(),
-        WARMUP.as_millis()
     );
     println!(
         "{:<9} {:>9} {:>12} {:>10} {:>10} {:>10} {:>9}",

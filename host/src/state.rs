@@ -425,6 +425,76 @@ impl StateDb {
     }
 }
 
+/// The keys a stage may have in the database: a Bloom filter, so that reading a key that was
+/// never stored costs no lookup. That is the common read when keys are many and short-lived (a
+/// window per symbol: at 100,000 symbols nearly every trade opens one), and a sled lookup that
+/// finds nothing cost more than the stage's own work. No false negatives: every key that goes
+/// to the database is added first; deleted keys stay in until the filter is rebuilt, which its
+/// owner does once [`KeyFilter::full`].
+#[derive(Clone, Debug)]
+pub struct KeyFilter {
+    /// The bits; a power of two of words.
+    bits: Vec<u64>,
+    /// Keys added.
+    added: usize,
+    /// Keys it is sized for.
+    capacity: usize,
+}
+
+/// Bits per key the filter is sized for, and probes per key: about 0.2 % false positives when
+/// full.
+const FILTER_BITS_PER_KEY: usize = 16;
+const FILTER_PROBES: u64 = 4;
+
+impl KeyFilter {
+    /// An empty filter for `keys` keys (at least 65,536).
+    pub fn new(keys: usize) -> KeyFilter {
+        let capacity = keys.max(1 << 16);
+        KeyFilter {
+            bits: vec![0; (capacity * FILTER_BITS_PER_KEY / 64).next_power_of_two()],
+            added: 0,
+            capacity,
+        }
+    }
+
+    /// The bits of `key`: word index and mask, per probe.
+    fn probes(&self, key: &[u8]) -> impl Iterator<Item = (usize, u64)> + use<> {
+        fn mix(mut z: u64) -> u64 {
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        }
+        let fnv = key.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        let (h1, h2) = (mix(fnv), mix(fnv ^ 0x9E37_79B9_7F4A_7C15) | 1);
+        let mask = (self.bits.len() as u64 * 64) - 1;
+        (0..FILTER_PROBES).map(move |i| {
+            let bit = h1.wrapping_add(i.wrapping_mul(h2)) & mask;
+            ((bit / 64) as usize, 1 << (bit % 64))
+        })
+    }
+
+    /// Notes that `key` may be in the database.
+    pub fn insert(&mut self, key: &[u8]) {
+        for (word, mask) in self.probes(key) {
+            self.bits[word] |= mask;
+        }
+        self.added += 1;
+    }
+
+    /// Whether `key` may be in the database (`false`: it certainly is not).
+    pub fn may_hold(&self, key: &[u8]) -> bool {
+        self.probes(key)
+            .all(|(word, mask)| self.bits[word] & mask != 0)
+    }
+
+    /// Whether it holds more keys than it was sized for, and should be rebuilt.
+    pub fn full(&self) -> bool {
+        self.added > self.capacity
+    }
+}
+
 /// One stage's state in the database: what the write-back map in memory falls back to.
 #[derive(Clone)]
 pub struct Backing {
@@ -447,6 +517,27 @@ impl Backing {
             .get(state_key(&self.stage, key))
             .unwrap_or_else(|e| panic!("state database {}: {e}", self.db.path.display()))
             .map(|v| v.to_vec())
+    }
+
+    /// A filter of the stage's stored keys, with room for as many again.
+    pub fn key_filter(&self) -> Result<KeyFilter, StateError> {
+        let keys = || {
+            self.db
+                .db
+                .scan_prefix(&self.state_prefix)
+                .keys()
+                .map(|k| k.map_err(|e| self.db.error(e)))
+        };
+        let mut count = 0;
+        for key in keys() {
+            key?;
+            count += 1;
+        }
+        let mut filter = KeyFilter::new(2 * count);
+        for key in keys() {
+            filter.insert(&key?[self.state_prefix.len()..]);
+        }
+        Ok(filter)
     }
 
     /// Stored entries whose key starts with `prefix`, from `from` on, in key order.
@@ -747,6 +838,43 @@ mod tests {
         assert_eq!(db.applied(), spill, "the failed job is not done");
         let next = db.reserve();
         assert!(db.submit(next, Box::new(|_: &StateDb| Ok(()))).is_err());
+    }
+
+    #[test]
+    fn the_key_filter_never_forgets_a_key_and_rarely_claims_one() {
+        let mut filter = KeyFilter::new(10_000);
+        let key = |n: usize| format!("bar/0/{n}/S{n:06}USDT").into_bytes();
+        for n in 0..10_000 {
+            filter.insert(&key(n));
+        }
+        assert!(
+            (0..10_000).all(|n| filter.may_hold(&key(n))),
+            "no false negatives"
+        );
+        let false_positives = (10_000..110_000)
+            .filter(|&n| filter.may_hold(&key(n)))
+            .count();
+        assert!(
+            false_positives < 200,
+            "{false_positives} of 100,000 absent keys claimed"
+        );
+        assert!(!filter.full());
+        for n in 10_000..70_000 {
+            filter.insert(&key(n));
+        }
+        assert!(filter.full(), "sized for 65,536 keys at the least");
+
+        let dir = tempfile::tempdir().unwrap();
+        let db = StateDb::open(dir.path()).unwrap();
+        db.stage("a")
+            .spill(&[(b"k".to_vec(), Some(b"v".to_vec()))].into())
+            .unwrap();
+        db.stage("b")
+            .spill(&[(b"other".to_vec(), Some(b"v".to_vec()))].into())
+            .unwrap();
+        let stored = db.stage("a").key_filter().unwrap();
+        assert!(stored.may_hold(b"k"));
+        assert!(!stored.may_hold(b"other"), "another stage's key");
     }
 
     #[test]

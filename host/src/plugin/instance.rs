@@ -16,7 +16,7 @@ use wasmtime_wasi::{
     p2::pipe::MemoryOutputPipe,
 };
 
-use crate::state::{Backing, Changes, Layer, SPILL_AT_BYTES};
+use crate::state::{Backing, Changes, KeyFilter, Layer, SPILL_AT_BYTES};
 
 use super::{
     EPOCH_TICK, Limits, Plugin, PluginError,
@@ -38,6 +38,9 @@ const STDERR_CAPACITY: usize = 16 << 10;
 struct Keyed {
     /// The stage's state in the database, if it has one.
     backing: Option<Backing>,
+    /// The keys the database may hold, so that a key never stored costs no lookup (`None`:
+    /// look every key up).
+    filter: Option<KeyFilter>,
     /// Keys set (`Some`) or deleted (`None`) since the last checkpoint.
     dirty: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     /// Earlier changes handed to the database's writer thread and not yet applied, oldest
@@ -72,7 +75,42 @@ impl Keyed {
                 return value.clone();
             }
         }
+        if self.filter.as_ref().is_some_and(|f| !f.may_hold(key)) {
+            return None;
+        }
         self.backing.as_ref().and_then(|b| b.get(key))
+    }
+
+    /// Notes the keys `layer` sets in the filter before it goes to the database; a full filter
+    /// is rebuilt from the database and the layers in flight (a scan of the stage's keys, once
+    /// per as many new keys as it held).
+    fn note_stored(&mut self, layer: &Layer) {
+        let Some(filter) = &mut self.filter else {
+            return;
+        };
+        for (key, value) in layer.iter() {
+            if value.is_some() {
+                filter.insert(key);
+            }
+        }
+        if filter.full() {
+            self.filter = self.backing.as_ref().and_then(|b| match b.key_filter() {
+                Ok(mut filter) => {
+                    for (_, layer) in &self.in_flight {
+                        for (key, value) in layer.iter() {
+                            if value.is_some() {
+                                filter.insert(key);
+                            }
+                        }
+                    }
+                    Some(filter)
+                }
+                Err(e) => {
+                    tracing::warn!("{e}: reads look every key up in the state database");
+                    None
+                }
+            });
+        }
     }
 
     /// Forgets the layers the writer has applied: the database holds them now.
@@ -88,6 +126,7 @@ impl Keyed {
         self.dirty_bytes = 0;
         let layer = Arc::new(std::mem::take(&mut self.dirty));
         self.in_flight.push((seq, layer.clone()));
+        self.note_stored(&layer);
         layer
     }
 
@@ -150,7 +189,10 @@ impl Keyed {
             let layer = Arc::new(std::mem::take(&mut self.dirty));
             match backing.spill_later(layer.clone()) {
                 Ok(seq) => {
-                    self.in_flight.push((seq, layer));
+                    // In flight before the filter notes it: a rebuild of the filter reads it
+                    // there, whether or not the writer has stored it yet.
+                    self.in_flight.push((seq, layer.clone()));
+                    self.note_stored(&layer);
                     self.dirty_bytes = 0;
                 }
                 Err(_) => self.dirty = Arc::unwrap_or_clone(layer),
@@ -407,9 +449,11 @@ impl StageRunner {
     /// held in memory before is dropped (a stage is attached before its first batch).
     pub fn attach_state(&mut self, backing: Backing) -> Result<(), crate::state::StateError> {
         let timers = backing.timers()?;
+        let filter = backing.key_filter()?;
         let keyed = self.keyed_mut();
         *keyed = Keyed {
             backing: Some(backing),
+            filter: Some(filter),
             timers,
             ..Keyed::default()
         };
