@@ -771,8 +771,11 @@ fn a_slow_stage_pauses_consumption_and_memory_stays_bounded() {
     // 150,000 × 2 KB: 300 MB on the topic.
     broker.tool(&["produce", "big", &MESSAGES.to_string(), "--pad", "2000"]);
     let dir = tempfile::tempdir().unwrap();
+    // The stall takes about 2.5 s alone; with other tests on both cores it can take twice the
+    // 5 s default deadline, which would send that record to the dead letters. This test is
+    // about backpressure, not deadlines: give the calls room.
     let stages = format!(
-        "stages:\n  - name: enrich\n    plugin: {}\n    config: {{ spin_per_record: 20000, stall_at_offset: 10000, stall_spin: 2400000000 }}\n",
+        "stages:\n  - name: enrich\n    plugin: {}\n    config: {{ spin_per_record: 20000, stall_at_offset: 10000, stall_spin: 2400000000 }}\n    limits: {{ call_timeout: 60s }}\n",
         support::plugin("test-chaos").display()
     );
     let file = pipeline(&broker, dir.path(), "big", "slow", DLQ_TO_STDOUT, &stages);
