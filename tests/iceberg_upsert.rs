@@ -11,12 +11,11 @@ mod support;
 use std::{
     collections::{BTreeMap, BTreeSet},
     path::Path,
-    process::{Child, Stdio},
     time::{Duration, Instant},
 };
 
 use serde_json::{Value, json};
-use support::{Broker, S3};
+use support::{Broker, S3, Weir};
 use weir::{
     record::{Batch, header},
     sinks::{Committer, OpenContext, Sink},
@@ -547,59 +546,6 @@ fn produce(broker: &Broker, topic: &str, changes: &[Change]) {
     producer.flush(Duration::from_secs(30)).unwrap();
 }
 
-/// `weir run`, and its standard error line by line.
-struct Weir {
-    child: Child,
-    lines: std::sync::mpsc::Receiver<String>,
-}
-
-/// Starts `weir run`, to stop at `pause` (`PHASE:N`) if given.
-fn start(file: &Path, s3: &S3, pause: Option<&str>) -> Weir {
-    use std::io::{BufRead, BufReader};
-    let mut cmd = support::weir();
-    cmd.args(["run", "--quiet"]).arg(file);
-    s3.env(&mut cmd);
-    if let Some(pause) = pause {
-        cmd.env("WEIR_PAUSE_AT", pause);
-    }
-    let mut child = cmd
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    Weir { child, lines: rx }
-}
-
-impl Weir {
-    /// Waits until it says it paused.
-    fn paused(&mut self, pause: &str) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let mut said = Vec::new();
-        while Instant::now() < deadline {
-            match self.lines.recv_timeout(Duration::from_millis(100)) {
-                Ok(line) if line.contains("paused at") => return,
-                Ok(line) => said.push(line),
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-                Err(_) => break,
-            }
-        }
-        panic!(
-            "weir never paused at {pause}: {:?}\n{}",
-            self.child.try_wait(),
-            said.join("\n")
-        );
-    }
-}
-
 /// Produces `changes` in ten pieces about 100 ms apart, so that they reach several checkpoints.
 fn produce_slowly(broker: &Broker, topic: &str, changes: &[Change]) {
     for piece in changes.chunks(changes.len().div_ceil(10)) {
@@ -645,7 +591,7 @@ fn a_cdc_topic_upserted_through_sigkills_equals_its_replay() {
         Some("manifest:1"),
     ];
     for (k, pause) in kills.iter().enumerate() {
-        let mut weir = start(&file, &s3, *pause);
+        let mut weir = Weir::start(&file, Some(&s3), *pause);
         let chunk = changes(&mut rng, 800, CHUNK, produced.len());
         produce_slowly(&broker, topic, &chunk);
         produced.extend(chunk);
@@ -665,9 +611,7 @@ fn a_cdc_topic_upserted_through_sigkills_equals_its_replay() {
         );
     }
     // A last run reads the rest.
-    let Weir { mut child, lines } = start(&file, &s3, None);
-    // Keep reading its standard error, so that it never blocks on a full pipe.
-    std::thread::spawn(move || while lines.recv().is_ok() {});
+    let mut child = Weir::start(&file, Some(&s3), None).into_child();
     let chunk = changes(&mut rng, 800, CHUNK, produced.len());
     produce_slowly(&broker, topic, &chunk);
     produced.extend(chunk);

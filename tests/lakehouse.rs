@@ -9,10 +9,8 @@ mod support;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    io::{BufRead, BufReader},
     path::Path,
-    process::{Child, Stdio},
-    sync::mpsc,
+    process::Child,
     time::{Duration, Instant},
 };
 
@@ -93,37 +91,6 @@ object_store:
             endpoint = s3.endpoint,
         ),
     )
-}
-
-/// Starts `weir run` with the S3 credentials, stopping at `pause` (`PHASE:N`) if given.
-fn start(file: &Path, s3: &S3, pause: Option<&str>) -> (Child, mpsc::Receiver<String>) {
-    let mut cmd = support::weir();
-    cmd.args(["run", "--quiet"]).arg(file);
-    s3.env(&mut cmd);
-    if let Some(pause) = pause {
-        cmd.env("WEIR_PAUSE_AT", pause);
-    }
-    let mut child = cmd
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut reader = BufReader::new(stderr);
-        let mut line = Vec::new();
-        while reader.read_until(b'\n', &mut line).is_ok_and(|n| n > 0) {
-            if tx
-                .send(String::from_utf8_lossy(&line).into_owned())
-                .is_err()
-            {
-                break;
-            }
-            line.clear();
-        }
-    });
-    (child, rx)
 }
 
 /// SIGKILL.
@@ -247,7 +214,7 @@ fn sigkill_at_any_moment_loses_and_repeats_nothing() {
             n => Some((PHASES[n as usize - 1], 1 + rng.below(3))),
         };
         let pause = point.map(|(phase, visit)| format!("{phase}:{visit}"));
-        let (mut child, lines) = start(&file, &s3, pause.as_deref());
+        let mut weir = support::Weir::start(&file, Some(&s3), pause.as_deref());
         let what = match point {
             None => {
                 let ms = 200 + rng.below(2_500);
@@ -255,29 +222,12 @@ fn sigkill_at_any_moment_loses_and_repeats_nothing() {
                 format!("after {ms} ms")
             }
             Some((phase, visit)) => {
-                let deadline = Instant::now() + Duration::from_secs(60);
-                let mut paused = false;
-                let mut said = Vec::new();
-                while Instant::now() < deadline && !paused {
-                    match lines.recv_timeout(Duration::from_millis(100)) {
-                        Ok(line) => {
-                            paused = line.contains("paused at");
-                            said.push(line);
-                        }
-                        Err(mpsc::RecvTimeoutError::Timeout) => {}
-                        Err(mpsc::RecvTimeoutError::Disconnected) => break,
-                    }
-                }
-                assert!(
-                    paused,
-                    "kill {k}: weir never reached {phase} (visit {visit}): {:?}\n{}",
-                    child.try_wait(),
-                    said.concat()
-                );
+                weir.paused(&format!("{phase}:{visit}"));
                 *reached.entry(phase).or_default() += 1;
                 format!("at {phase} (visit {visit})")
             }
         };
+        let mut child = weir.into_child();
         assert!(
             child.try_wait().unwrap().is_none(),
             "kill {k}: weir exited by itself before the kill"
@@ -286,7 +236,7 @@ fn sigkill_at_any_moment_loses_and_repeats_nothing() {
         println!("kill {k}: SIGKILL {what}");
     }
     // A last run reads the rest and stops cleanly.
-    let (mut child, _lines) = start(&file, &s3, None);
+    let mut child = support::Weir::start(&file, Some(&s3), None).into_child();
     let reader = support::sqlite_catalog_args(dir.path(), "s3://weir/warehouse");
     support::wait_until(
         180,
@@ -367,7 +317,7 @@ fn bronze_parity(catalog: &str, reader: impl Fn(&Path, &S3) -> Vec<String>, topi
     broker.tool(&["produce", topic, &MESSAGES.to_string()]);
     let catalog = catalog.replace("{rest}", &s3.rest);
     let file = lake_pipeline(dir.path(), (&broker, &s3), topic, &catalog, false, "1s");
-    let (mut child, _lines) = start(&file, &s3, None);
+    let mut child = support::Weir::start(&file, Some(&s3), None).into_child();
     let args = reader(dir.path(), &s3);
     let table = format!("bronze.{}", topic.replace('-', "_"));
     support::wait_until(

@@ -13,11 +13,9 @@ mod support;
 
 use std::{
     collections::BTreeMap,
-    io::{BufRead, BufReader},
     path::Path,
-    process::{Command, Stdio},
+    process::Command,
     sync::atomic::{AtomicU32, Ordering},
-    time::{Duration, Instant},
 };
 
 use serde_json::{Value, json};
@@ -801,39 +799,9 @@ async fn redis_refuses_to_start_when_its_checkpoint_store_was_reset() {
 
 /// Starts `weir run FILE` stopped at `pause` (`PHASE:N`); returns once it has stopped there.
 fn start_paused(file: &Path, pause: &str) -> std::process::Child {
-    let mut child = support::weir()
-        .args(["run", "--quiet"])
-        .arg(file)
-        .env("WEIR_PAUSE_AT", pause)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut said = Vec::new();
-    while Instant::now() < deadline {
-        match rx.recv_timeout(Duration::from_millis(100)) {
-            Ok(line) if line.contains("paused at") => {
-                std::thread::spawn(move || while rx.recv().is_ok() {});
-                return child;
-            }
-            Ok(line) => said.push(line),
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-            Err(_) => break,
-        }
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("weir never paused at {pause}:\n{}", said.join("\n"));
+    let mut weir = support::Weir::start(file, None, Some(pause));
+    weir.paused(pause);
+    weir.into_child()
 }
 
 /// Generator → Postgres and Redis, killed with SIGKILL right after the manifest of checkpoint 3

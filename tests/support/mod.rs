@@ -118,6 +118,79 @@ pub fn start_run(file: &Path) -> std::process::Child {
         .expect("weir starts")
 }
 
+/// `weir run --quiet FILE` in the background, and its standard error line by line (read on a
+/// thread of its own, so the run never blocks on a full pipe).
+pub struct Weir {
+    /// The run.
+    pub child: std::process::Child,
+    /// Its standard error.
+    pub lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Weir {
+    /// Starts a run, with the S3 server's credentials if given, stopping at `pause` (`PHASE:N`,
+    /// see `host/src/faults.rs`) if given.
+    pub fn start(file: &Path, s3: Option<&S3>, pause: Option<&str>) -> Weir {
+        use std::io::{BufRead, BufReader};
+        let mut cmd = weir();
+        cmd.args(["run", "--quiet"]).arg(file);
+        if let Some(s3) = s3 {
+            s3.env(&mut cmd);
+        }
+        if let Some(pause) = pause {
+            cmd.env("WEIR_PAUSE_AT", pause);
+        }
+        let mut child = cmd
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("weir starts");
+        let stderr = child.stderr.take().expect("piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Weir { child, lines: rx }
+    }
+
+    /// Waits (a minute at most) until the run says it paused at `pause`; panics with what it
+    /// said otherwise.
+    pub fn paused(&mut self, pause: &str) {
+        use std::sync::mpsc::RecvTimeoutError;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let mut said = Vec::new();
+        while std::time::Instant::now() < deadline {
+            match self
+                .lines
+                .recv_timeout(std::time::Duration::from_millis(100))
+            {
+                Ok(line) if line.contains("paused at") => return,
+                Ok(line) => said.push(line),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        let status = self.child.try_wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        panic!(
+            "weir never paused at {pause}: {status:?}\n{}",
+            said.join("\n")
+        );
+    }
+
+    /// The run, its standard error drained from now on.
+    pub fn into_child(self) -> std::process::Child {
+        let Weir { child, lines } = self;
+        std::thread::spawn(move || while lines.recv().is_ok() {});
+        child
+    }
+}
+
 /// The catalog arguments of `tests/iceberg_tool.py` for the SQLite catalog `dir/catalog.db`
 /// whose warehouse is `warehouse` (a folder, or `s3://…`).
 pub fn sqlite_catalog_args(dir: &Path, warehouse: &str) -> Vec<String> {
