@@ -15,7 +15,7 @@ use std::{
 };
 
 use serde_json::{Value, json};
-use support::{Broker, S3, Weir};
+use support::{Broker, Rng, S3, Weir};
 use weir::{
     record::{Batch, header},
     sinks::{Committer, OpenContext, Sink},
@@ -31,19 +31,6 @@ const USER_COLUMNS: &str = "
 
 /// Columns both readers compare.
 const COMPARED: &str = "id,name,tier,balance_cents";
-
-/// A small deterministic generator.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        (z ^ (z >> 31)) % n
-    }
-}
 
 /// One change of the stream.
 #[derive(Clone, Debug)]

@@ -15,7 +15,7 @@ use std::{
 };
 
 use serde_json::Value;
-use support::{Broker, S3};
+use support::{Broker, Rng, S3};
 
 /// Columns every test table has: where the message came from, and its bytes.
 const BRONZE_COLUMNS: &str = "
@@ -97,19 +97,6 @@ object_store:
 fn kill9(child: &mut Child) {
     child.kill().unwrap();
     child.wait().unwrap();
-}
-
-/// A small deterministic generator for kill times and points.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        (z ^ (z >> 31)) % n
-    }
 }
 
 /// Rows of the table as pyiceberg reads them.

@@ -222,10 +222,25 @@ fn unique(test: &str) -> String {
     format!("ohlc_{test}_{}", std::process::id())
 }
 
+/// Runs a client command, asserts it succeeded, and returns what it printed.
+fn client(program: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Runs one statement with psql (unaligned, tuples only) and returns what it printed.
 fn psql(sql: &str) -> String {
-    let out = std::process::Command::new("psql")
-        .args([
+    client(
+        "psql",
+        &[
             "-h",
             "127.0.0.1",
             "-U",
@@ -234,15 +249,8 @@ fn psql(sql: &str) -> String {
             "test",
             "-Atqc",
             sql,
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{sql}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+        ],
+    )
 }
 
 /// Rows of a Postgres table, read by psql.
@@ -258,17 +266,7 @@ fn drop_table(table: &str) {
 }
 
 fn redis_cli(args: &[&str]) -> String {
-    let out = std::process::Command::new("redis-cli")
-        .args(["-h", "127.0.0.1"])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    client("redis-cli", &[&["-h", "127.0.0.1"], args].concat())
 }
 
 /// The newest bar of each symbol and window, read by redis-cli, against the reference's.

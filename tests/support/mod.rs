@@ -191,6 +191,20 @@ impl Weir {
     }
 }
 
+/// A small deterministic generator (SplitMix64), for kill times, kill points and test data.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// The next number below `n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        (z ^ (z >> 31)) % n
+    }
+}
+
 /// The catalog arguments of `tests/iceberg_tool.py` for the SQLite catalog `dir/catalog.db`
 /// whose warehouse is `warehouse` (a folder, or `s3://…`).
 pub fn sqlite_catalog_args(dir: &Path, warehouse: &str) -> Vec<String> {
