@@ -324,7 +324,7 @@ impl Run {
                 let key = change.id().to_string();
                 batch.push(Some(key.as_bytes()), &value, 0, i as i64, &headers);
             }
-            rejected += self.sink.write(&batch).await.unwrap().len();
+            rejected += self.sink.write((&batch).into()).await.unwrap().len();
         }
         rejected
     }
@@ -404,7 +404,7 @@ async fn upserts_and_deletes_survive_restarts_and_replays() {
         let mut batch = Batch::with_capacity("users-cdc", 0, 2, 0);
         batch.push(None, br#"{"name":"no id"}"#, 0, 0, &[]);
         batch.push(None, b"not json", 0, 1, &[header("weir-op", b"delete")]);
-        run.sink.write(&batch).await.unwrap()
+        run.sink.write((&batch).into()).await.unwrap()
     };
     assert_eq!(
         poison.iter().map(|(i, _)| *i).collect::<Vec<_>>(),

@@ -251,7 +251,7 @@ fn compiled_plugins_are_cached_by_digest() {
         .load(&path, false)
         .unwrap();
     let compiled_in = started.elapsed();
-    assert_eq!(first.digest, digest);
+    assert_eq!(*first.digest, digest);
     let cached: Vec<String> = std::fs::read_dir(cache.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

@@ -158,7 +158,7 @@ fn batch(records: &[Rec]) -> Batch {
 }
 
 async fn write(sink: &mut Sink, records: &[Rec<'_>]) -> Rejected {
-    sink.write(&batch(records)).await.unwrap()
+    sink.write((&batch(records)).into()).await.unwrap()
 }
 
 /// Pre-commits checkpoint `id` and returns the manifest that would be stored.

@@ -99,6 +99,7 @@ fn weir(dir: &Path, count: u64, rate: Option<u64>, kafka: Option<&str>) -> Strin
             RunOptions {
                 progress: false,
                 metrics: Some(metrics),
+                control: None,
             },
         ))
         .unwrap();
@@ -363,7 +364,7 @@ KEEP      schema:
             for i in 0..10 {
                 batch.push(None, b"{\"price\": 1.5}", 0, (id * 10 + i) as i64, &[]);
             }
-            sink.write(&batch).await.unwrap();
+            sink.write((&batch).into()).await.unwrap();
             let pending = sink.pre_commit(id).await.unwrap();
             let manifest = Manifest {
                 pipeline: "commits".into(),
@@ -380,6 +381,7 @@ KEEP      schema:
                 bytes: pending.bytes,
                 state: None,
                 event_time: Vec::new(),
+                plugins: Default::default(),
             };
             let commit = pending.commit.unwrap();
             let started = Instant::now();

@@ -186,6 +186,7 @@ source:
         let options = RunOptions {
             progress: false,
             metrics: Some(metrics),
+            control: None,
         };
         runtime::run(pipeline, async { done_rx.await.unwrap_or(()) }, options)
             .await

@@ -58,6 +58,22 @@ pub struct Manifest {
     /// Each source partition's newest event time, where the watermark resumes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub event_time: Vec<crate::runtime::event_time::PartitionTime>,
+    /// The plugin (hex sha256) each stage runs for the records after this checkpoint: a swap
+    /// at this checkpoint's barrier shows here.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub plugins: BTreeMap<String, String>,
+}
+
+/// A checkpoint kept until it is deleted, to start a pipeline from (also a newer version of it,
+/// with the same stage names). It stands alone: its state is one full snapshot of its own.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Savepoint {
+    /// Its number: the checkpoint's.
+    pub id: u64,
+    /// When it was stored (ms since the epoch).
+    pub created_ms: i64,
+    /// The checkpoint's manifest, its state files replaced by the savepoint's copy.
+    pub manifest: Manifest,
 }
 
 /// What a sink's pre-commit adds to the manifest.
@@ -88,6 +104,10 @@ pub struct ManifestStore {
     folder: ObjectPath,
     /// `state/<pipeline>`.
     state_folder: ObjectPath,
+    /// `savepoints/<pipeline>`.
+    savepoint_folder: ObjectPath,
+    /// The pipeline's name.
+    pipeline: String,
     /// Manifests kept.
     retain: usize,
 }
@@ -99,6 +119,8 @@ impl ManifestStore {
             location,
             folder: ObjectPath::from(format!("checkpoints/{pipeline}")),
             state_folder: ObjectPath::from(format!("state/{pipeline}")),
+            savepoint_folder: ObjectPath::from(format!("savepoints/{pipeline}")),
+            pipeline: pipeline.to_string(),
             retain: retain.max(1),
         }
     }
@@ -180,6 +202,156 @@ impl ManifestStore {
                 .map_err(|e| self.error(e))?;
         }
         Ok(old)
+    }
+}
+
+/// Savepoints: `savepoints/<pipeline>/sp-<id>.json`, with the state snapshot beside it as
+/// `sp-<id>.state`. Neither is pruned with the checkpoints.
+impl ManifestStore {
+    fn savepoint_path(&self, id: u64, what: &str) -> ObjectPath {
+        self.savepoint_folder
+            .clone()
+            .join(format!("sp-{id:020}.{what}"))
+    }
+
+    /// Keeps committed checkpoint `manifest` as a savepoint: copies its state (one full
+    /// snapshot: the checkpoint of a savepoint writes one) and stores the savepoint's manifest.
+    pub async fn keep_savepoint(&self, manifest: &Manifest) -> Result<Savepoint, StoreError> {
+        let mut manifest = manifest.clone();
+        if let Some(state) = &mut manifest.state {
+            if state.files.len() > 1 {
+                return Err(self.error(format!(
+                    "checkpoint {} has {} state files; a savepoint's is one full snapshot",
+                    manifest.checkpoint,
+                    state.files.len()
+                )));
+            }
+            if let Some(file) = state.files.first_mut() {
+                let copy = self.savepoint_path(manifest.checkpoint, "state");
+                self.location
+                    .store
+                    .copy(&ObjectPath::from(file.as_str()), &copy)
+                    .await
+                    .map_err(|e| self.error(e))?;
+                *file = copy.to_string();
+            }
+        }
+        let savepoint = Savepoint {
+            id: manifest.checkpoint,
+            created_ms: crate::plugin::now_ms(),
+            manifest,
+        };
+        let bytes = serde_json::to_vec_pretty(&savepoint).map_err(|e| self.error(e))?;
+        self.location
+            .store
+            .put(
+                &self.savepoint_path(savepoint.id, "json"),
+                PutPayload::from(bytes),
+            )
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(savepoint)
+    }
+
+    /// Every savepoint, oldest first.
+    pub async fn savepoints(&self) -> Result<Vec<Savepoint>, StoreError> {
+        let objects = storage::list(self.location.store.as_ref(), Some(&self.savepoint_folder))
+            .await
+            .map_err(|e| self.error(e))?;
+        let mut ids: Vec<u64> = objects
+            .iter()
+            .filter_map(|o| {
+                o.location
+                    .filename()?
+                    .strip_prefix("sp-")?
+                    .strip_suffix(".json")?
+                    .parse()
+                    .ok()
+            })
+            .collect();
+        ids.sort_unstable();
+        let mut savepoints = Vec::with_capacity(ids.len());
+        for id in ids {
+            savepoints.push(self.savepoint(id).await?);
+        }
+        Ok(savepoints)
+    }
+
+    /// Savepoint `id` (an error naming it when there is none).
+    pub async fn savepoint(&self, id: u64) -> Result<Savepoint, StoreError> {
+        let path = self.savepoint_path(id, "json");
+        let bytes = match self.location.store.get(&path).await {
+            Ok(found) => found.bytes().await.map_err(|e| self.error(e))?,
+            Err(object_store::Error::NotFound { .. }) => {
+                return Err(self.error(format!("there is no savepoint {id}")));
+            }
+            Err(e) => return Err(self.error(e)),
+        };
+        serde_json::from_slice(&bytes).map_err(|e| self.error(format!("{path}: {e}")))
+    }
+
+    /// Whether savepoint `id` exists.
+    pub async fn has_savepoint(&self, id: u64) -> Result<bool, StoreError> {
+        match self
+            .location
+            .store
+            .head(&self.savepoint_path(id, "json"))
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(self.error(e)),
+        }
+    }
+
+    /// Deletes savepoint `id` and its state snapshot.
+    pub async fn delete_savepoint(&self, id: u64) -> Result<(), StoreError> {
+        for what in ["state", "json"] {
+            match self
+                .location
+                .store
+                .delete(&self.savepoint_path(id, what))
+                .await
+            {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(self.error(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes savepoint `id` where the next run starts: stores a manifest, numbered after every
+    /// checkpoint so far, with the savepoint's positions, event time and plugins, and a copy of
+    /// its state as that checkpoint's full snapshot, and nothing for the sinks to commit.
+    /// Returns the new checkpoint's number.
+    pub async fn restore_savepoint(&self, id: u64) -> Result<u64, StoreError> {
+        let savepoint = self.savepoint(id).await?;
+        let newest = self.ids().await?.last().copied().unwrap_or(0);
+        let checkpoint = newest.max(id) + 1;
+        let mut manifest = savepoint.manifest;
+        manifest.pipeline = self.pipeline.clone();
+        manifest.checkpoint = checkpoint;
+        manifest.started_ms = crate::plugin::now_ms();
+        manifest.precommit_ms = 0;
+        manifest.sinks.clear();
+        manifest.files = 0;
+        manifest.bytes = 0;
+        if let Some(file) = manifest
+            .state
+            .as_mut()
+            .and_then(|state| state.files.first_mut())
+        {
+            let copy =
+                ObjectPath::from(crate::state::object_path(&self.pipeline, checkpoint, true));
+            self.location
+                .store
+                .copy(&ObjectPath::from(file.as_str()), &copy)
+                .await
+                .map_err(|e| self.error(e))?;
+            *file = copy.to_string();
+        }
+        self.write(&manifest).await?;
+        Ok(checkpoint)
     }
 }
 
@@ -288,7 +460,7 @@ impl ManifestStore {
 }
 
 /// One checkpoint on its way through the coordinator.
-pub struct Open {
+pub(crate) struct Open {
     /// When its barrier left the source.
     pub started: Instant,
     /// The same, as a wall-clock time.
@@ -303,6 +475,12 @@ pub struct Open {
         Option<crate::state::StateFile>,
         Vec<crate::runtime::event_time::PartitionTime>,
     )>,
+    /// The plugin each stage runs after the barrier.
+    pub plugins: BTreeMap<String, String>,
+    /// Set when the checkpoint is kept as a savepoint, with where to say how that went.
+    pub savepoint: Option<Option<crate::runtime::control::SavepointReply>>,
+    /// When the records the sinks wrote for it entered the stages, and how many.
+    pub entered: Vec<(i64, u64)>,
 }
 
 impl Open {
@@ -314,6 +492,9 @@ impl Open {
             offsets: None,
             pending: BTreeMap::new(),
             state: None,
+            plugins: BTreeMap::new(),
+            savepoint: None,
+            entered: Vec::new(),
         }
     }
 }
@@ -365,6 +546,7 @@ mod tests {
             bytes: 0,
             state: None,
             event_time: Vec::new(),
+            plugins: BTreeMap::new(),
         }
     }
 

@@ -16,12 +16,14 @@
 //! - [`checkpoint`]: manifests, the checkpoint coordinator's steps, recovery.
 //! - [`storage`]: object storage locations (local folders, S3 buckets).
 //! - [`datagen`]: `weir gen`, generated data to a file or a topic.
+//! - [`metrics`]: histograms and the Prometheus text format.
 //!
 //! `main.rs` is a thin command line over [`pipeline::load`] and [`runtime::run`].
 
 pub mod checkpoint;
 pub mod datagen;
 pub mod faults;
+pub mod metrics;
 pub mod pipeline;
 pub mod plugin;
 pub mod record;

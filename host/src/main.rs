@@ -225,7 +225,7 @@ fn main() -> ExitCode {
                 stop_signal(),
                 RunOptions {
                     progress: !quiet,
-                    metrics: None,
+                    ..RunOptions::default()
                 },
             )) {
                 Ok(summary) => {

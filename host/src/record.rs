@@ -22,6 +22,25 @@ pub mod dlq_headers {
     pub const TIMESTAMP: &str = "weir.source.timestamp";
 }
 
+/// A batch on its way to a sink, with the plugin that emitted it.
+#[derive(Clone, Copy)]
+pub struct Routed<'a> {
+    /// The records.
+    pub batch: &'a Batch,
+    /// Hex sha256 of the plugin whose stage emitted them: `None` for the source's records and
+    /// for dead letters.
+    pub plugin: Option<&'a str>,
+}
+
+impl<'a> From<&'a Batch> for Routed<'a> {
+    fn from(batch: &'a Batch) -> Routed<'a> {
+        Routed {
+            batch,
+            plugin: None,
+        }
+    }
+}
+
 fn slice(data: &[u8], span: Span) -> &[u8] {
     &data[span.start as usize..(span.start + span.len) as usize]
 }

@@ -508,7 +508,7 @@ pub struct ColumnSpec {
     /// The JSON field it is read from, when that is not `name`.
     pub from: Option<Spanned<String>>,
     /// The record's metadata it holds instead of a JSON field: the value's or key's bytes, the
-    /// topic, partition, offset, timestamp or headers.
+    /// topic, partition, offset, timestamp, headers, or the plugin that emitted it.
     pub meta: Option<Spanned<Meta>>,
     /// Whether a record may lack the field (default `true`).
     #[serde(default = "default_true")]
@@ -533,6 +533,9 @@ pub enum Meta {
     Timestamp,
     /// The headers as a JSON object of strings (`string`); null without headers.
     Headers,
+    /// The hex sha256 of the plugin whose stage emitted the record (`string`); null for records
+    /// straight from the source. After a hot swap it says which version produced a row.
+    Plugin,
 }
 
 impl Meta {
@@ -541,7 +544,7 @@ impl Meta {
         use ColumnType::*;
         match self {
             Meta::Value | Meta::Key => &[Binary, String],
-            Meta::Topic | Meta::Headers => &[String],
+            Meta::Topic | Meta::Headers | Meta::Plugin => &[String],
             Meta::Partition => &[Int32, Int64],
             Meta::Offset => &[Int64],
             Meta::Timestamp => &[TimestampMs, TimestampUs, Int64],

@@ -267,10 +267,63 @@ pub struct HostState {
     wasi: WasiCtx,
     /// WASI resources.
     table: ResourceTable,
-    /// Memory cap.
-    limits: StoreLimits,
+    /// Memory cap, and how far memory has grown.
+    limits: Limiter,
     /// Keyed state and timers, lent to the store by the [`StageRunner`].
     keyed: Keyed,
+}
+
+/// The store's limits, noting the size linear memory has grown to (for the metrics: a swap or
+/// a leak shows as memory).
+struct Limiter {
+    /// The caps.
+    caps: StoreLimits,
+    /// Bytes of linear memory, all memories of the instance together.
+    memory_bytes: usize,
+}
+
+impl wasmtime::ResourceLimiter for Limiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let allowed = self.caps.memory_growing(current, desired, maximum)?;
+        if allowed {
+            self.memory_bytes = (self.memory_bytes + desired).saturating_sub(current);
+        }
+        Ok(allowed)
+    }
+
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.caps.memory_grow_failed(error)
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.caps.table_growing(current, desired, maximum)
+    }
+
+    fn table_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.caps.table_grow_failed(error)
+    }
+
+    fn instances(&self) -> usize {
+        self.caps.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.caps.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.caps.memories()
+    }
 }
 
 impl WasiView for HostState {
@@ -381,6 +434,33 @@ pub struct StageRunner {
     outputs: Vec<String>,
     /// How many instances were replaced after a trap.
     replacements: u64,
+    /// Fuel burnt by every call so far (stages with `fuel_per_call` only).
+    fuel_consumed: u64,
+}
+
+/// A new version of a stage's plugin cannot take the running one's place.
+#[derive(Debug, thiserror::Error)]
+pub enum SwapError {
+    /// It declares other named outputs than those the pipeline wires.
+    #[error(
+        "the new version of stage `{stage}` declares the outputs [{new}], but the running one has [{old}], which the pipeline wires to its sinks"
+    )]
+    Outputs {
+        /// The stage.
+        stage: String,
+        /// The running version's outputs.
+        old: String,
+        /// The new version's.
+        new: String,
+    },
+    /// It was started for another stage.
+    #[error("a runner for stage `{new}` cannot replace stage `{old}`")]
+    Stage {
+        /// The stage being swapped.
+        old: String,
+        /// The stage the runner was started for.
+        new: String,
+    },
 }
 
 impl StageRunner {
@@ -400,9 +480,63 @@ impl StageRunner {
             instance: None,
             outputs: Vec::new(),
             replacements: 0,
+            fuel_consumed: 0,
         };
         runner.outputs = runner.instantiate(Keyed::default())?;
         Ok(runner)
+    }
+
+    /// A runner of the same stage, with the same config and limits, running `plugin` (a new
+    /// version): instantiated and initialised, but holding no state until it is swapped in.
+    pub fn next_version(&self, plugin: Plugin) -> Result<StageRunner, PluginError> {
+        StageRunner::start(&self.name, plugin, self.config.clone(), self.limits.clone())
+    }
+
+    /// Puts `next` (from [`StageRunner::next_version`]) in this runner's place, handing it the
+    /// stage's keyed state and timers, with the changes since the last checkpoint; returns the
+    /// runner it replaced, to be dropped off the hot path. Costs no copy of the state: it lives
+    /// in the host, and moves as it is.
+    pub fn swap(&mut self, mut next: StageRunner) -> Result<StageRunner, SwapError> {
+        if next.name != self.name {
+            return Err(SwapError::Stage {
+                old: self.name.to_string(),
+                new: next.name.to_string(),
+            });
+        }
+        if next.outputs != self.outputs {
+            return Err(SwapError::Outputs {
+                stage: self.name.to_string(),
+                old: self.outputs.join(", "),
+                new: next.outputs.join(", "),
+            });
+        }
+        std::mem::swap(self.keyed_mut(), next.keyed_mut());
+        next.replacements += self.replacements;
+        next.fuel_consumed += self.fuel_consumed;
+        std::mem::swap(self, &mut next);
+        Ok(next)
+    }
+
+    /// The stage's `config:`, as the JSON text `init` receives.
+    pub fn config(&self) -> &str {
+        &self.config
+    }
+
+    /// The stage's sandbox limits.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Bytes of linear memory the current instance has.
+    pub fn memory_bytes(&self) -> usize {
+        self.instance
+            .as_ref()
+            .map_or(0, |i| i.store.data().limits.memory_bytes)
+    }
+
+    /// Fuel burnt by every call so far (0 without `fuel_per_call`).
+    pub fn fuel_consumed(&self) -> u64 {
+        self.fuel_consumed
     }
 
     /// The stage's named outputs, besides the default one.
@@ -511,10 +645,13 @@ impl StageRunner {
             stage: self.name.clone(),
             wasi,
             table: ResourceTable::new(),
-            limits: StoreLimitsBuilder::new()
-                .memory_size(self.limits.memory_bytes)
-                .trap_on_grow_failure(true)
-                .build(),
+            limits: Limiter {
+                caps: StoreLimitsBuilder::new()
+                    .memory_size(self.limits.memory_bytes)
+                    .trap_on_grow_failure(true)
+                    .build(),
+                memory_bytes: 0,
+            },
             keyed,
         };
         let mut store = Store::new(&self.plugin.engine, state);
@@ -622,6 +759,10 @@ impl StageRunner {
         let instance = self.instance.as_mut().expect("runner has an instance");
         let result = arm(&mut instance.store, &self.limits)
             .and_then(|()| f(&instance.bindings, &mut instance.store));
+        if let Some(fuel) = self.limits.fuel_per_call {
+            let left = instance.store.get_fuel().unwrap_or(0);
+            self.fuel_consumed += fuel.saturating_sub(left);
+        }
         match result {
             Ok(value) => {
                 instance.store.data_mut().keyed.settle();

@@ -30,7 +30,7 @@ use wasmtime::{
 };
 
 use instance::HostState;
-pub use instance::{StageRunner, now_ms};
+pub use instance::{StageRunner, SwapError, now_ms};
 
 /// How often the epoch ticker advances the engines' epoch: the resolution of call deadlines.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -204,7 +204,7 @@ impl PluginHost {
         let pre = bindings::StagePre::new(pre).map_err(wrong_world)?;
         Ok(Plugin {
             name: name.into(),
-            digest,
+            digest: digest.into(),
             pre: Arc::new(pre),
             engine: engine.clone(),
         })
@@ -285,8 +285,9 @@ pub(crate) fn root_cause(e: &wasmtime::Error) -> String {
 pub struct Plugin {
     /// The file (or upload) it came from, for messages.
     pub name: String,
-    /// Hex sha256 of the component's bytes: the plugin's identity in caches, logs and DLQ headers.
-    pub digest: String,
+    /// Hex sha256 of the component's bytes: the plugin's identity in caches, logs, DLQ headers,
+    /// manifests and the `meta: plugin` column.
+    pub digest: Arc<str>,
     /// The component with its imports already resolved, so instantiating is cheap.
     pre: Arc<bindings::StagePre<HostState>>,
     /// The engine it was compiled for.

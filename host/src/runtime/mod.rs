@@ -11,6 +11,7 @@
 //! checkpoint barrier travels the same channels as the data, so when a sink sees it, it has
 //! seen every record before it; sinks then finish and publish their files.
 
+pub mod control;
 pub mod event_time;
 pub mod progress;
 mod source;
@@ -30,6 +31,7 @@ use crate::{
     sinks::{Sink, SinkError},
     sources::{SharedDrain, Source, SourceError},
 };
+pub use control::{Control, ControlError, Controls, Swapped, control};
 pub use progress::{Metrics, Summary};
 
 /// Batches that may wait in a channel: enough to keep every task busy, few enough to bound
@@ -73,8 +75,13 @@ enum ChainMsg {
     Batch(Batch),
     /// Records the source refused, for the dead-letter output.
     DeadLetters(Batch),
-    /// A checkpoint barrier.
-    Checkpoint(u64),
+    /// A checkpoint barrier; `full`: its state is written as one full snapshot (a savepoint's).
+    Checkpoint {
+        /// The checkpoint.
+        id: u64,
+        /// Whether the state file is a full snapshot.
+        full: bool,
+    },
     /// The source has ended by itself (not stopped): event time may advance to the end.
     End,
 }
@@ -87,6 +94,8 @@ pub(crate) enum Coord {
         id: u64,
         /// The source's position.
         offsets: Vec<crate::checkpoint::Offset>,
+        /// Set when the checkpoint is to be kept as a savepoint, with where to say how it went.
+        savepoint: Option<Option<control::SavepointReply>>,
     },
     /// The stage chain has written checkpoint `id`'s state (its file, if anything changed) and
     /// noted where event time stood.
@@ -97,6 +106,8 @@ pub(crate) enum Coord {
         file: Option<crate::state::StateFile>,
         /// Each partition's newest event time.
         event_time: Vec<event_time::PartitionTime>,
+        /// The plugin each stage runs after the barrier (a swap at it included).
+        plugins: std::collections::BTreeMap<String, String>,
     },
     /// Sink `sink` has pre-committed checkpoint `id`.
     PreCommitted {
@@ -106,13 +117,16 @@ pub(crate) enum Coord {
         sink: usize,
         /// What it needs committed.
         pending: crate::checkpoint::Pending,
+        /// When the records it wrote for the checkpoint entered the stages, and how many, for
+        /// the end-to-end latency once they are visible.
+        entered: Vec<(i64, u64)>,
     },
 }
 
 /// What flows to a sink.
 enum SinkMsg {
-    /// Records.
-    Batch(Arc<Batch>),
+    /// Records, with the plugin that emitted them (when a stage did).
+    Batch(Arc<Batch>, Option<Arc<str>>),
     /// A checkpoint barrier, with the checkpoint's number.
     Checkpoint(u64),
 }
@@ -135,11 +149,16 @@ impl Router {
 
     /// Sends `batch` to every sink that reads `route`, waiting while their channels are full;
     /// fails if a sink has stopped. For the stage thread.
-    fn blocking_send(&self, route: Route, batch: Batch) -> Result<(), ()> {
+    fn blocking_send(
+        &self,
+        route: Route,
+        batch: Batch,
+        plugin: Option<&Arc<str>>,
+    ) -> Result<(), ()> {
         if !batch.is_empty() {
             let batch = Arc::new(batch);
             for tx in self.targets(route) {
-                tx.blocking_send(SinkMsg::Batch(batch.clone()))
+                tx.blocking_send(SinkMsg::Batch(batch.clone(), plugin.cloned()))
                     .map_err(|_| ())?;
             }
         }
@@ -159,7 +178,7 @@ impl Router {
         if !batch.is_empty() {
             let batch = Arc::new(batch);
             for tx in self.targets(route) {
-                tx.send(SinkMsg::Batch(batch.clone()))
+                tx.send(SinkMsg::Batch(batch.clone(), None))
                     .await
                     .map_err(|_| ())?;
             }
@@ -169,13 +188,16 @@ impl Router {
 }
 
 /// Options of a run.
-#[derive(Clone, Default)]
+#[derive(Default)]
 pub struct RunOptions {
     /// Print a progress line to standard error at most once a second.
     pub progress: bool,
     /// Counters to update, for a caller that watches the run (made with
     /// [`Metrics::for_pipeline`] from the same pipeline); the run makes its own otherwise.
     pub metrics: Option<Arc<Metrics>>,
+    /// The run's end of a [`control()`] pair, for a caller that takes savepoints or swaps
+    /// plugins while it runs.
+    pub control: Option<Controls>,
 }
 
 /// Runs `pipeline` until its source ends or `shutdown` completes, then flushes every sink and
@@ -203,6 +225,13 @@ pub async fn run(
             sink_specs.iter().map(|s| s.name.clone()).collect(),
         ))
     });
+    for (index, stage) in stages.iter().enumerate() {
+        metrics.stage_plugin(index, &stage.runner.plugin().digest);
+    }
+    let (barrier_requests, swaps, savepoint_on_stop) = match options.control {
+        Some(c) => (Some(c.barriers), Some(c.swaps), Some(c.savepoint_on_stop)),
+        None => (None, None, None),
+    };
 
     // Recovery: the newest manifest says where the last checkpoint left the source and what
     // the sinks had to commit.
@@ -305,6 +334,7 @@ pub async fn run(
         .zip(&opened)
         .filter(|(spec, sink)| rejects(spec, sink))
         .count();
+    let commits: Vec<bool> = committers.iter().map(|(_, c)| c.is_some()).collect();
     let (ack_tx, ack_rx) = mpsc::unbounded_channel::<Coord>();
     let (committed_tx, committed_rx) = mpsc::unbounded_channel();
     let coordinator = tokio::spawn(coordinate(
@@ -329,6 +359,7 @@ pub async fn run(
         let task = SinkTask {
             name: spec.name.clone(),
             index,
+            commits: commits[index],
             upstreams: if spec.route == Route::Dlq {
                 1 + rejecting
             } else {
@@ -350,6 +381,7 @@ pub async fn run(
         watermarks,
         state,
         coordinator: ack_tx.clone(),
+        swaps,
     };
     let chain = std::thread::Builder::new()
         .name("weir-stages".into())
@@ -366,7 +398,7 @@ pub async fn run(
         metrics.clone(),
     )));
     let drain: SharedDrain = driver.clone();
-    let source = Source::open(&source_spec, &dir, drain, &resume)?;
+    let source = Source::open(&source_spec, &dir, drain, &resume, metrics.clone())?;
     let reporter = options
         .progress
         .then(|| tokio::spawn(progress::report(metrics.clone(), source.label())));
@@ -375,7 +407,18 @@ pub async fn run(
         let stop = stop.clone();
         std::thread::Builder::new()
             .name("weir-source".into())
-            .spawn(move || source::run(source, driver, checkpoint.interval, stop))
+            .spawn(move || {
+                source::run(
+                    source,
+                    driver,
+                    source::Timing {
+                        interval: checkpoint.interval,
+                        requests: barrier_requests,
+                        savepoint_on_stop,
+                    },
+                    stop,
+                )
+            })
             .map_err(|e| RunError::Internal(format!("cannot start the source thread: {e}")))?
     };
     let joined = tokio::task::spawn_blocking(move || source_thread.join());
@@ -434,6 +477,8 @@ struct Chain {
     state: Option<ChainState>,
     /// Where each checkpoint's state goes: the coordinator.
     coordinator: mpsc::UnboundedSender<Coord>,
+    /// New plugin versions waiting for the next barrier, when the run is controlled.
+    swaps: Option<std::sync::mpsc::Receiver<control::SwapRequest>>,
 }
 
 /// The state database as the stage chain writes it at checkpoints.
@@ -467,25 +512,29 @@ fn run_chain(
                     .then(|| batch.clone());
                 if let Some(copy) = for_source_sinks {
                     router
-                        .blocking_send(Route::Source, copy)
+                        .blocking_send(Route::Source, copy, None)
                         .map_err(|_| stopped())?;
                 }
                 run_stages(&mut stages, 0, batch, router, &chain.metrics)?;
                 if let Some(watermark) = chain.watermarks.advance() {
                     advance(&mut stages, watermark, router, &chain.metrics)?;
                 }
+                note_instances(&stages, &chain.metrics);
             }
             ChainMsg::DeadLetters(dead) => {
                 router
-                    .blocking_send(Route::Dlq, dead)
+                    .blocking_send(Route::Dlq, dead, None)
                     .map_err(|_| stopped())?;
             }
-            ChainMsg::Checkpoint(id) => {
+            ChainMsg::Checkpoint { id, full } => {
                 // A partition may have gone idle since the last batch.
                 if let Some(watermark) = chain.watermarks.advance() {
                     advance(&mut stages, watermark, router, &chain.metrics)?;
                 }
-                checkpoint_state(&mut stages, id, &mut chain)?;
+                // Everything before the barrier went through the old versions; everything
+                // after it goes through the new ones, and the checkpoint says which they are.
+                swap_plugins(&mut stages, id, &chain);
+                checkpoint_state(&mut stages, id, full, &mut chain)?;
                 for (_, tx) in &chain.router.sinks {
                     tx.blocking_send(SinkMsg::Checkpoint(id))
                         .map_err(|_| stopped())?;
@@ -509,6 +558,64 @@ fn run_chain(
     Ok(())
 }
 
+/// Puts the new plugin versions waiting for this barrier in place. The old runner goes to a
+/// thread of its own to be dropped: unmapping an instance's memory is no work for the stages.
+fn swap_plugins(stages: &mut [crate::pipeline::Stage], id: u64, chain: &Chain) {
+    let Some(swaps) = &chain.swaps else {
+        return;
+    };
+    while let Ok(request) = swaps.try_recv() {
+        let control::SwapRequest {
+            stage,
+            runner,
+            reply,
+        } = request;
+        let Some(target) = stages.get_mut(stage) else {
+            let _ = reply.send(Err(format!("there is no stage number {stage}")));
+            continue;
+        };
+        let started = std::time::Instant::now();
+        match target.runner.swap(runner) {
+            Ok(old) => {
+                let _ = std::thread::Builder::new()
+                    .name("weir-unload".into())
+                    .spawn(move || drop(old));
+                // Everything the stage thread did for the swap, the thread's start included.
+                let pause = started.elapsed();
+                chain
+                    .metrics
+                    .swapped(stage, &target.runner.plugin().digest, pause);
+                tracing::info!(
+                    stage = target.name,
+                    checkpoint = id,
+                    plugin = &*target.runner.plugin().digest,
+                    pause_us = pause.as_micros() as u64,
+                    "swapped the stage's plugin"
+                );
+                let _ = reply.send(Ok(control::Swapped {
+                    checkpoint: id,
+                    pause,
+                }));
+            }
+            Err(e) => {
+                let _ = reply.send(Err(e.to_string()));
+            }
+        }
+    }
+}
+
+/// Notes each stage's instance figures (memory, fuel, traps) in the metrics, once per batch.
+fn note_instances(stages: &[crate::pipeline::Stage], metrics: &Metrics) {
+    for (index, stage) in stages.iter().enumerate() {
+        metrics.stage_instance(
+            index,
+            stage.runner.memory_bytes(),
+            stage.runner.fuel_consumed(),
+            stage.runner.replacements(),
+        );
+    }
+}
+
 /// Hands every stage, in order, the watermark, and routes what the timers it fires emit (a
 /// stage's windows closing go through the stages after it before those see the watermark).
 fn advance(
@@ -529,7 +636,9 @@ fn advance(
         if out.records.is_empty() {
             continue;
         }
-        let empty = Batch::with_capacity("", 0, 0, 0);
+        // What a watermark emits entered the stages now, as far as its latency goes.
+        let mut empty = Batch::with_capacity("", 0, 0, 0);
+        empty.processing_time_ms = now_ms();
         let has_next = index + 1 < stages.len();
         let next = route_outputs(
             &stages[index],
@@ -547,19 +656,26 @@ fn advance(
 
 /// Writes checkpoint `id`'s state: hands every stage's changes to the state database's writer
 /// thread, which applies them after everything handed over before, writes the state file and
-/// tells the coordinator (with where event time stood at the barrier). The stages go on at
-/// once: until the writer is done, their reads see the changes in memory.
+/// tells the coordinator (with where event time stood at the barrier, and the plugins that run
+/// after it). The stages go on at once: until the writer is done, their reads see the changes
+/// in memory. With `full`, the file is a full snapshot, whatever changed.
 fn checkpoint_state(
     stages: &mut [crate::pipeline::Stage],
     id: u64,
+    full: bool,
     chain: &mut Chain,
 ) -> Result<(), RunError> {
     let event_time = chain.watermarks.snapshot();
+    let plugins = stages
+        .iter()
+        .map(|s| (s.name.clone(), s.runner.plugin().digest.to_string()))
+        .collect();
     let Some(state) = &chain.state else {
         let _ = chain.coordinator.send(Coord::State {
             id,
             file: None,
             event_time,
+            plugins,
         });
         return Ok(());
     };
@@ -577,17 +693,18 @@ fn checkpoint_state(
     let (files, folder) = (state.chain.clone(), state.folder.clone());
     let coordinator = chain.coordinator.clone();
     let job = move |db: &crate::state::StateDb| {
-        let file = if db.unchanged(&changes) {
+        let file = if !full && db.unchanged(&changes) {
             // A stateless stage, or a quiet second: nothing to write but where it stands.
             db.mark(id)?;
             None
         } else {
-            checkpoint_file(db, &files, &folder, id, &changes)?
+            checkpoint_file(db, &files, &folder, id, &changes, full)?
         };
         let _ = coordinator.send(Coord::State {
             id,
             file,
             event_time,
+            plugins,
         });
         Ok(())
     };
@@ -595,18 +712,19 @@ fn checkpoint_state(
 }
 
 /// Moves checkpoint `id`'s `changes` into the database and writes its state file: a delta, or
-/// all the state when nothing is stored yet or the chain of deltas is long. `files` counts the
-/// chain.
+/// all the state when nothing is stored yet, the chain of deltas is long, or `full` asks for
+/// it. `files` counts the chain.
 fn checkpoint_file(
     db: &crate::state::StateDb,
     files: &std::sync::atomic::AtomicUsize,
     folder: &std::path::Path,
     id: u64,
     changes: &[(String, crate::state::Changes)],
+    full: bool,
 ) -> Result<Option<crate::state::StateFile>, crate::state::StateError> {
     use std::sync::atomic::Ordering::Relaxed;
     let chain = files.load(Relaxed);
-    let full = chain == 0 || chain >= crate::state::FULL_EVERY as usize;
+    let full = full || chain == 0 || chain >= crate::state::FULL_EVERY as usize;
     let local = folder.join(format!("chk-{id:020}"));
     let file = db.commit(id, changes, full, &local)?;
     if file.entries == 0 && (!full || chain == 0) {
@@ -644,9 +762,10 @@ fn run_stages(
                 &stage.name,
                 Some(&stage.runner.plugin().digest),
             );
+            metrics.stage_errors(index, dead.len());
             metrics.dead_letters(dead.len());
             router
-                .blocking_send(Route::Dlq, dead)
+                .blocking_send(Route::Dlq, dead, None)
                 .map_err(|_| stopped())?;
         }
         let has_next = index + 1 < stages.len();
@@ -685,6 +804,7 @@ fn route_outputs(
         });
     }
     metrics.stage_out(index, out.records.len());
+    let plugin = Some(&stage.runner.plugin().digest);
     let mut split = split_outputs(out, input, declared).into_iter();
     let default = split
         .next()
@@ -698,6 +818,7 @@ fn route_outputs(
                     output: n as u32 + 1,
                 },
                 batch,
+                plugin,
             )
             .map_err(stopped)?;
     }
@@ -710,11 +831,13 @@ fn route_outputs(
     }
     if has_next {
         router
-            .blocking_send(route, default.clone())
+            .blocking_send(route, default.clone(), plugin)
             .map_err(stopped)?;
         Ok(default)
     } else {
-        router.blocking_send(route, default).map_err(stopped)?;
+        router
+            .blocking_send(route, default, plugin)
+            .map_err(stopped)?;
         Ok(Batch::with_capacity("", 0, 0, 0))
     }
 }
@@ -725,6 +848,9 @@ struct SinkTask {
     name: String,
     /// Its index in the metrics.
     index: usize,
+    /// Whether it commits at checkpoints (its records become visible then), or writes them
+    /// out as they come.
+    commits: bool,
     /// How many senders send it checkpoint barriers (the stage chain, and for a dead-letter
     /// sink every sink that may reject records): it finishes checkpoint `n` once it has seen
     /// barrier `n` from each, so everything before the barrier on every path is in.
@@ -745,17 +871,35 @@ async fn sink_task(
     let SinkTask {
         name,
         index,
+        commits,
         upstreams,
         dlq,
         acks,
         metrics,
     } = task;
     let mut barriers: HashMap<u64, usize> = HashMap::new();
+    // When the records written since the last barrier entered the stages, and how many.
+    let mut entered: Vec<(i64, u64)> = Vec::new();
     while let Some(msg) = rx.recv().await {
         match msg {
-            SinkMsg::Batch(batch) => {
-                let rejected = sink.write(&batch).await?;
-                metrics.sink_written(index, batch.len() - rejected.len());
+            SinkMsg::Batch(batch, plugin) => {
+                let routed = crate::record::Routed {
+                    batch: &batch,
+                    plugin: plugin.as_deref(),
+                };
+                let rejected = sink.write(routed).await?;
+                let written = (batch.len() - rejected.len()) as u64;
+                metrics.sink_written(index, written as usize);
+                let at = batch.processing_time_ms;
+                if at > 0 && written > 0 {
+                    if !commits {
+                        metrics.visible(now_ms() - at, written);
+                    } else if let Some(last) = entered.last_mut().filter(|(t, _)| *t == at) {
+                        last.1 += written;
+                    } else {
+                        entered.push((at, written));
+                    }
+                }
                 if !rejected.is_empty() {
                     let errors: Vec<_> = rejected
                         .into_iter()
@@ -793,6 +937,7 @@ async fn sink_task(
                     id,
                     sink: index,
                     pending,
+                    entered: std::mem::take(&mut entered),
                 });
             }
         }
@@ -913,15 +1058,35 @@ async fn coordinate(
     let failed = |e: String| RunError::Checkpoint(e);
     while let Some(msg) = rx.recv().await {
         match msg {
-            Coord::Barrier { id, offsets } => open.entry(id).or_default().offsets = Some(offsets),
-            Coord::PreCommitted { id, sink, pending } => {
-                open.entry(id).or_default().pending.insert(sink, pending);
+            Coord::Barrier {
+                id,
+                offsets,
+                savepoint,
+            } => {
+                let checkpoint = open.entry(id).or_default();
+                checkpoint.offsets = Some(offsets);
+                checkpoint.savepoint = savepoint;
+            }
+            Coord::PreCommitted {
+                id,
+                sink,
+                pending,
+                entered,
+            } => {
+                let checkpoint = open.entry(id).or_default();
+                checkpoint.pending.insert(sink, pending);
+                checkpoint.entered.extend(entered);
             }
             Coord::State {
                 id,
                 file,
                 event_time,
-            } => open.entry(id).or_default().state = Some((file, event_time)),
+                plugins,
+            } => {
+                let checkpoint = open.entry(id).or_default();
+                checkpoint.state = Some((file, event_time));
+                checkpoint.plugins = plugins;
+            }
         }
         while let Some(entry) = open.first_entry() {
             let ready = entry.get().offsets.is_some()
@@ -974,6 +1139,7 @@ async fn coordinate(
                 bytes,
                 state,
                 event_time,
+                plugins: checkpoint.plugins,
             };
             manifests
                 .write(&manifest)
@@ -994,8 +1160,36 @@ async fn coordinate(
             if manifests.prune().await.map_err(|e| failed(e.to_string()))? > 0 && run.stateful {
                 prune_state(&manifests, id).await?;
             }
-            metrics.checkpoint_done(checkpoint.started.elapsed(), files, bytes);
+            let now = now_ms();
+            for (at, n) in checkpoint.entered {
+                metrics.visible(now - at, n);
+            }
+            metrics.checkpoint_done(
+                id,
+                checkpoint.started_ms,
+                checkpoint.started.elapsed(),
+                files,
+                bytes,
+            );
             tracing::debug!(checkpoint = id, files, bytes, "checkpoint committed");
+            if let Some(reply) = checkpoint.savepoint {
+                // A savepoint that cannot be stored fails the request, not the run: the
+                // checkpoint itself is committed.
+                let kept = manifests
+                    .keep_savepoint(&manifest)
+                    .await
+                    .map_err(|e| e.to_string());
+                match &kept {
+                    Ok(savepoint) => {
+                        metrics.savepoint_kept(savepoint.id);
+                        tracing::info!(savepoint = savepoint.id, "savepoint stored");
+                    }
+                    Err(e) => tracing::error!("the savepoint was not stored: {e}"),
+                }
+                if let Some(reply) = reply {
+                    let _ = reply.send(kept);
+                }
+            }
             let _ = committed.send(id);
         }
     }

@@ -22,7 +22,7 @@ use std::{
 
 use tokio::sync::mpsc;
 
-use super::{ChainMsg, Coord, Metrics, RunError};
+use super::{ChainMsg, Coord, Metrics, RunError, control};
 use crate::{
     checkpoint::Offset,
     sources::{Drain, Next, Pulled, Source},
@@ -64,8 +64,9 @@ pub(super) struct Driver {
 enum Queued {
     /// Records (boxed: a barrier is small).
     Pulled(Box<Pulled>),
-    /// A checkpoint barrier: it goes after every batch handed out before it.
-    Barrier(u64),
+    /// A checkpoint barrier: it goes after every batch handed out before it; `true`: a
+    /// savepoint's, whose state is a full snapshot.
+    Barrier(u64, bool),
 }
 
 /// What a queued item holds in memory, near enough.
@@ -73,7 +74,7 @@ fn size_of(queued: &Queued) -> usize {
     let batch = |b: &crate::record::Batch| b.data.len() + b.records.len() * 48;
     match queued {
         Queued::Pulled(p) => batch(&p.batch) + p.dead_letters.as_ref().map_or(0, batch),
-        Queued::Barrier(_) => 0,
+        Queued::Barrier(..) => 0,
     }
 }
 
@@ -121,7 +122,7 @@ impl Driver {
             self.ready_bytes -= size_of(queued);
             match self.ready.pop_front().expect("front exists") {
                 Queued::Pulled(pulled) => self.send_pulled(*pulled)?,
-                Queued::Barrier(id) => self.send(ChainMsg::Checkpoint(id))?,
+                Queued::Barrier(id, full) => self.send(ChainMsg::Checkpoint { id, full })?,
             }
         }
         Ok(())
@@ -153,21 +154,24 @@ impl Driver {
     /// Starts a checkpoint: `barrier` (the source noting its position, which goes to the
     /// coordinator) runs as the barrier joins the queue, behind everything handed out before
     /// it. With `wait`, the queue is flushed into the chain; without, it goes as room allows
-    /// (a pausable source must not block).
+    /// (a pausable source must not block). A `savepoint` keeps the checkpoint as one.
     fn start(
         &mut self,
         barrier: &mut dyn FnMut(u64) -> Vec<Offset>,
         wait: bool,
+        savepoint: Option<Option<control::SavepointReply>>,
     ) -> Result<u64, Stopped> {
         self.last += 1;
         let offsets = barrier(self.last);
+        let full = savepoint.is_some();
         self.coordinator
             .send(Coord::Barrier {
                 id: self.last,
                 offsets,
+                savepoint,
             })
             .map_err(|_| Stopped)?;
-        self.ready.push_back(Queued::Barrier(self.last));
+        self.ready.push_back(Queued::Barrier(self.last, full));
         self.flush(wait)?;
         Ok(self.last)
     }
@@ -193,24 +197,39 @@ impl Drain for Driver {
         for p in pulled {
             self.send_pulled(p).map_err(stopped)?;
         }
-        let id = self.start(barrier, true).map_err(stopped)?;
+        let id = self.start(barrier, true, None).map_err(stopped)?;
         self.wait_for(id).map_err(stopped)?;
         self.finished.retain(|f| *f != id);
         Ok(id)
     }
 }
 
+/// When the source starts checkpoints.
+pub(super) struct Timing {
+    /// Time between checkpoints.
+    pub(super) interval: Duration,
+    /// Checkpoints asked for now, from a controlled run.
+    pub(super) requests: Option<std::sync::mpsc::Receiver<control::BarrierRequest>>,
+    /// Set when the checkpoint at a stop is kept as a savepoint.
+    pub(super) savepoint_on_stop: Option<Arc<AtomicBool>>,
+}
+
 /// Runs the source until it ends or `stop` is set: hands its batches to the chain, starts a
-/// checkpoint every `interval`, and tells the source about committed checkpoints. At the end, a
-/// last checkpoint covers everything handed out, and the thread returns once every sink has
-/// finished it, so a restart neither repeats nor skips a record.
+/// checkpoint every `interval` (and when one is asked for), and tells the source about committed
+/// checkpoints. At the end, a last checkpoint covers everything handed out, and the thread
+/// returns once every sink has finished it, so a restart neither repeats nor skips a record.
 pub(super) fn run(
     mut source: Source,
     driver: Arc<Mutex<Driver>>,
-    interval: Duration,
+    timing: Timing,
     stop: Arc<AtomicBool>,
 ) -> Result<(), RunError> {
     let lock = || driver.lock().unwrap_or_else(PoisonError::into_inner);
+    let Timing {
+        interval,
+        requests,
+        savepoint_on_stop,
+    } = timing;
     let mut next_checkpoint = Instant::now() + interval;
     let pausable = source.can_pause();
     // Since when the queue has been full, and whether the source is paused.
@@ -227,9 +246,16 @@ pub(super) fn run(
             while let Some(id) = d.finished.pop_front() {
                 source.checkpoint_done(id)?;
             }
-            if Instant::now() >= next_checkpoint {
+            let asked = requests.as_ref().and_then(|r| r.try_recv().ok());
+            if asked.is_some() || Instant::now() >= next_checkpoint {
                 next_checkpoint = Instant::now() + interval;
-                if d.start(&mut |id| source.barrier(id), !pausable).is_err() {
+                let savepoint = match asked {
+                    Some(control::BarrierRequest::Savepoint(reply)) => Some(Some(reply)),
+                    _ => None,
+                };
+                if d.start(&mut |id| source.barrier(id), !pausable, savepoint)
+                    .is_err()
+                {
                     return Ok(());
                 }
             }
@@ -289,7 +315,10 @@ pub(super) fn run(
     if d.flush(true).is_err() || (ended && d.send(ChainMsg::End).is_err()) {
         return Ok(());
     }
-    let Ok(last) = d.start(&mut |id| source.barrier(id), true) else {
+    let savepoint = savepoint_on_stop
+        .is_some_and(|s| s.load(Ordering::Relaxed))
+        .then_some(None);
+    let Ok(last) = d.start(&mut |id| source.barrier(id), true, savepoint) else {
         return Ok(());
     };
     d.chain = None; // the chain ends once it has passed the last barrier on

@@ -7,7 +7,7 @@ use serde::Serialize;
 use tokio::io::{AsyncWrite, AsyncWriteExt, BufWriter};
 
 use super::SinkError;
-use crate::record::Batch;
+use crate::record::Routed;
 
 /// The sink.
 pub struct JsonlSink {
@@ -32,6 +32,9 @@ struct Envelope<'a> {
     key: Option<Bytes<'a>>,
     value: Bytes<'a>,
     headers: serde_json::Map<String, serde_json::Value>,
+    /// The plugin that emitted the record, when a stage did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    plugin: Option<&'a str>,
 }
 
 /// Bytes as a JSON string when they are UTF-8, else as an array of numbers.
@@ -83,7 +86,8 @@ impl JsonlSink {
     }
 
     /// Writes a batch.
-    pub async fn write(&mut self, batch: &Batch) -> Result<(), SinkError> {
+    pub async fn write(&mut self, routed: Routed<'_>) -> Result<(), SinkError> {
+        let batch = routed.batch;
         self.line.clear();
         for i in 0..batch.len() {
             if self.envelope {
@@ -106,6 +110,7 @@ impl JsonlSink {
                     key: batch.key(i).map(Bytes),
                     value: Bytes(batch.value(i)),
                     headers,
+                    plugin: routed.plugin,
                 };
                 serde_json::to_writer(&mut self.line, &envelope)
                     .map_err(|e| SinkError::Internal(e.to_string()))?;

@@ -13,7 +13,7 @@ use std::path::Path;
 use crate::{
     checkpoint::Pending,
     pipeline::{normalize, spec::SinkKind},
-    record::Batch,
+    record::{Batch, Routed},
     storage::S3Config,
 };
 
@@ -199,14 +199,15 @@ impl Sink {
     }
 
     /// Writes a batch; returns the records it rejects.
-    pub async fn write(&mut self, batch: &Batch) -> Result<Rejected, SinkError> {
+    pub async fn write(&mut self, routed: Routed<'_>) -> Result<Rejected, SinkError> {
+        let batch = routed.batch;
         match self {
-            Sink::Parquet(s) => s.write(batch).await,
-            Sink::Jsonl(s) => s.write(batch).await.map(|()| Vec::new()),
+            Sink::Parquet(s) => s.write(routed).await,
+            Sink::Jsonl(s) => s.write(routed).await.map(|()| Vec::new()),
             Sink::Blackhole => Ok(Vec::new()),
             Sink::Kafka(s) => s.write(batch).await.map(|()| Vec::new()),
-            Sink::Iceberg(s) => s.write(batch).await,
-            Sink::Postgres(s) => s.write(batch).await,
+            Sink::Iceberg(s) => s.write(routed).await,
+            Sink::Postgres(s) => s.write(routed).await,
             Sink::Redis(s) => s.write(batch).await,
         }
     }

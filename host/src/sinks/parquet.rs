@@ -24,7 +24,10 @@ use serde::{Deserialize, Serialize};
 
 use super::{Rejected, SinkError, rows::RowEncoder};
 use crate::{
-    checkpoint::Pending, pipeline::spec::ParquetSinkSpec, record::Batch, storage::Location,
+    checkpoint::Pending,
+    pipeline::spec::ParquetSinkSpec,
+    record::{Batch, Routed},
+    storage::Location,
 };
 
 /// Default size at which a file is finished.
@@ -122,10 +125,10 @@ impl ParquetSink {
     }
 
     /// Writes a batch; returns the records that do not fit the schema.
-    pub async fn write(&mut self, batch: &Batch) -> Result<Rejected, SinkError> {
+    pub async fn write(&mut self, routed: Routed<'_>) -> Result<Rejected, SinkError> {
         let mut rejected = Vec::new();
-        for (partition, indices) in group_by_hour(batch) {
-            let Some(rows) = self.rows.decode(batch, &indices, &mut rejected)? else {
+        for (partition, indices) in group_by_hour(routed.batch) {
+            let Some(rows) = self.rows.decode(routed, &indices, &mut rejected)? else {
                 continue;
             };
             let file = match self.open.get_mut(&partition) {

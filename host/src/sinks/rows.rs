@@ -17,7 +17,7 @@ use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use super::{Rejected, SinkError};
 use crate::{
     pipeline::spec::{ColumnSpec, ColumnType, Meta},
-    record::Batch,
+    record::{Batch, Routed},
 };
 
 /// Rows per row group: bounds the memory a file in progress holds.
@@ -122,7 +122,7 @@ impl RowEncoder {
     /// do not fit are added to `rejected`; the rest are kept.
     pub fn decode(
         &self,
-        batch: &Batch,
+        batch: Routed<'_>,
         indices: &[usize],
         rejected: &mut Rejected,
     ) -> Result<Option<RecordBatch>, SinkError> {
@@ -152,12 +152,13 @@ impl RowEncoder {
 
     fn decode_all(
         &self,
-        batch: &Batch,
+        routed: Routed<'_>,
         indices: impl ExactSizeIterator<Item = usize> + Clone,
     ) -> Result<Option<RecordBatch>, arrow_schema::ArrowError> {
         if indices.len() == 0 {
             return Ok(None);
         }
+        let batch = routed.batch;
         let json = if self.read_schema.fields().is_empty() {
             None
         } else {
@@ -172,6 +173,9 @@ impl RowEncoder {
                     .expect("JSON columns decoded")
                     .column(*j)
                     .clone()),
+                Column::Meta(Meta::Plugin, _) => Ok(Arc::new(StringArray::from_iter(
+                    indices.clone().map(|_| routed.plugin),
+                )) as ArrayRef),
                 Column::Meta(meta, kind) => meta_array(batch, indices.clone(), *meta, *kind),
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -257,6 +261,7 @@ fn meta_array(
         (Meta::Timestamp, _) => Arc::new(Int64Array::from_iter_values(
             records.map(|(_, r)| r.timestamp_ms),
         )),
+        (Meta::Plugin, _) => Arc::new(StringArray::new_null(records.count())),
         (Meta::Headers, _) => Arc::new(StringArray::from_iter(records.map(|(i, _)| {
             let headers = batch.headers_of(i);
             (!headers.is_empty()).then(|| {

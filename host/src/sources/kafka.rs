@@ -133,9 +133,41 @@ struct Context {
     failed: Mutex<Option<String>>,
     /// Where partitions start when first assigned: the newest manifest's positions.
     resume: Mutex<Positions>,
+    /// Where the partitions' lag goes, from librdkafka's statistics.
+    metrics: Arc<crate::runtime::Metrics>,
 }
 
-impl ClientContext for Context {}
+impl ClientContext for Context {
+    /// Each owned partition's lag: the end of the partition the broker last reported (in its
+    /// fetch responses, not a ListOffsets query) minus the source's position. Runs inside a
+    /// poll, on the source thread, which never holds the state's lock across one.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut lag = Vec::new();
+        for (topic, t) in &statistics.topics {
+            for (&partition, p) in &t.partitions {
+                let key = (topic.clone(), partition);
+                let position = state
+                    .handed_out
+                    .get(&key)
+                    .or_else(|| state.committed.get(&key))
+                    .or_else(|| state.known.get(&key));
+                if let Some(&position) = position
+                    && partition >= 0
+                    && p.hi_offset >= 0
+                {
+                    lag.push(crate::runtime::progress::PartitionLag {
+                        topic: topic.clone(),
+                        partition,
+                        lag: (p.hi_offset - position).max(0),
+                    });
+                }
+            }
+        }
+        lag.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+        self.metrics.set_lag(lag);
+    }
+}
 
 impl ConsumerContext for Context {
     /// As the default, but a partition assigned for the first time starts at its position in
@@ -268,6 +300,7 @@ impl KafkaSource {
         dir: &std::path::Path,
         drain: SharedDrain,
         resume: &[crate::checkpoint::Offset],
+        metrics: Arc<crate::runtime::Metrics>,
     ) -> Result<KafkaSource, SourceError> {
         let embedded = match &spec.embedded {
             Some(e) if spec.bootstrap_servers.value == EMBEDDED => {
@@ -295,6 +328,8 @@ impl KafkaSource {
             // what backpressure looks like), librdkafka waits this long before it fetches
             // again: 1 s by default, a stall the stages feel. 10 ms keeps them fed.
             .set("fetch.queue.backoff.ms", "10")
+            // Partition ends for the lag metric, once a second.
+            .set("statistics.interval.ms", "1000")
             .set(
                 "auto.offset.reset",
                 match spec.start_from {
@@ -339,6 +374,7 @@ impl KafkaSource {
             drain,
             failed: Mutex::new(None),
             resume: Mutex::new(Positions::new()),
+            metrics,
         };
         let consumer: BaseConsumer<Context> =
             config.create_with_context(context).map_err(kafka_error)?;

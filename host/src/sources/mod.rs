@@ -147,6 +147,7 @@ impl Source {
         dir: &Path,
         drain: SharedDrain,
         resume: &[Offset],
+        metrics: std::sync::Arc<crate::runtime::Metrics>,
     ) -> Result<Source, SourceError> {
         let skip = resume.first().map_or(0, |o| o.offset.max(0) as u64);
         Ok(match spec {
@@ -169,9 +170,9 @@ impl Source {
                 f.batch_size.value,
                 skip,
             )?),
-            SourceSpec::Kafka(k) => {
-                Source::Kafka(Box::new(kafka::KafkaSource::open(k, dir, drain, resume)?))
-            }
+            SourceSpec::Kafka(k) => Source::Kafka(Box::new(kafka::KafkaSource::open(
+                k, dir, drain, resume, metrics,
+            )?)),
         })
     }
 

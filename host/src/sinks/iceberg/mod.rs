@@ -62,7 +62,7 @@ use crate::{
     pipeline::spec::{
         CatalogKind, CatalogSpec, ColumnType, Compression, IcebergMode, IcebergSinkSpec,
     },
-    record::Batch,
+    record::Routed,
 };
 
 /// Default size at which a data file is finished.
@@ -502,13 +502,13 @@ impl IcebergSink {
     }
 
     /// Writes a batch; returns the records that do not fit the table.
-    pub async fn write(&mut self, batch: &Batch) -> Result<Rejected, SinkError> {
+    pub async fn write(&mut self, routed: Routed<'_>) -> Result<Rejected, SinkError> {
         if self.upserts.is_some() {
-            return self.write_changes(batch);
+            return self.write_changes(routed);
         }
         let mut rejected = Vec::new();
-        let all: Vec<usize> = (0..batch.len()).collect();
-        let Some(rows) = self.rows.decode(batch, &all, &mut rejected)? else {
+        let all: Vec<usize> = (0..routed.batch.len()).collect();
+        let Some(rows) = self.rows.decode(routed, &all, &mut rejected)? else {
             return Ok(rejected);
         };
         let rows = self.to_table(&rows)?;
@@ -538,11 +538,12 @@ impl IcebergSink {
     }
 
     /// `mode: upsert`: notes each record's change of its key's row (written at the barrier).
-    fn write_changes(&mut self, batch: &Batch) -> Result<Rejected, SinkError> {
+    fn write_changes(&mut self, routed: Routed<'_>) -> Result<Rejected, SinkError> {
+        let batch = routed.batch;
         let mut rejected = Vec::new();
         let (removes, puts): (Vec<usize>, Vec<usize>) =
             (0..batch.len()).partition(|&i| super::is_delete(batch, i));
-        let upserts = match self.rows.decode(batch, &puts, &mut rejected)? {
+        let upserts = match self.rows.decode(routed, &puts, &mut rejected)? {
             Some(rows) => Some(self.to_table(&rows)?),
             None => None,
         };

@@ -44,7 +44,7 @@ use super::{Rejected, SinkError, rows::RowEncoder};
 use crate::{
     checkpoint::{Manifest, Pending},
     pipeline::spec::{ColumnSpec, PostgresSinkSpec},
-    record::Batch,
+    record::Routed,
 };
 
 /// Distinct keys kept in memory before they are staged.
@@ -194,7 +194,8 @@ impl PostgresSink {
     }
 
     /// Reads a batch into pending writes; returns the records that do not fit.
-    pub async fn write(&mut self, batch: &Batch) -> Result<Rejected, SinkError> {
+    pub async fn write(&mut self, routed: Routed<'_>) -> Result<Rejected, SinkError> {
+        let batch = routed.batch;
         let mut rejected = Vec::new();
         let (deletes, upserts): (Vec<usize>, Vec<usize>) =
             (0..batch.len()).partition(|&i| super::is_delete(batch, i));
@@ -202,7 +203,7 @@ impl PostgresSink {
         for (indices, deleted) in [(upserts, false), (deletes, true)] {
             let encoder = if deleted { &self.keys } else { &self.rows };
             let before = rejected.len();
-            let Some(rows) = encoder.decode(batch, &indices, &mut rejected)? else {
+            let Some(rows) = encoder.decode(routed, &indices, &mut rejected)? else {
                 continue;
             };
             let refused: std::collections::HashSet<usize> =

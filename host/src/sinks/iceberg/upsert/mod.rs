@@ -272,7 +272,7 @@ impl Upserts {
         removes: &[usize],
         rejected: &mut Rejected,
     ) -> Result<Option<RecordBatch>, SinkError> {
-        self.key_rows.decode(batch, removes, rejected)
+        self.key_rows.decode(batch.into(), removes, rejected)
     }
 
     /// The barrier: writes the checkpoint's winning rows into data files and deletes the rows
