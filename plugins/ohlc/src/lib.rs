@@ -214,6 +214,7 @@ impl Stage for Ohlc {
     }
 }
 
+#[cfg(feature = "component")]
 weir_sdk::export_stage!(Ohlc);
 
 /// One trade, read from a record.
