@@ -17,9 +17,15 @@
 //! - [`storage`]: object storage locations (local folders, S3 buckets).
 //! - [`datagen`]: `weir gen`, generated data to a file or a topic.
 //! - [`metrics`]: histograms and the Prometheus text format.
+//! - [`supervisor`]: `weir serve` — many pipelines in one process, restarts, savepoints, plugin
+//!   swaps and rollbacks.
+//! - [`api`]: the control plane over HTTP — the REST API, `/metrics`, the OpenAPI document and
+//!   the web page.
 //!
-//! `main.rs` is a thin command line over [`pipeline::load`] and [`runtime::run`].
+//! `main.rs` is a thin command line over [`pipeline::load`], [`runtime::run`] and
+//! [`api::serve`].
 
+pub mod api;
 pub mod checkpoint;
 pub mod datagen;
 pub mod faults;
@@ -32,3 +38,4 @@ pub mod sinks;
 pub mod sources;
 pub mod state;
 pub mod storage;
+pub mod supervisor;

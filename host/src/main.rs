@@ -7,6 +7,7 @@ use std::{
 
 use clap::{Parser, Subcommand};
 use weir::{
+    api::ApiSettings,
     datagen,
     pipeline::{
         self,
@@ -14,6 +15,7 @@ use weir::{
     },
     plugin::{Limits, PluginHost, conformance},
     runtime::{self, RunOptions},
+    supervisor::{RestartPolicy, Settings, Supervisor},
 };
 
 /// Weir runs dataflow pipelines whose transformations are WebAssembly components.
@@ -58,6 +60,45 @@ enum Command {
     /// Works with plugins on their own, outside a pipeline.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// Runs many pipelines in one process, with a REST API to submit, stop and start them, take
+    /// savepoints and hot-swap their plugins, Prometheus metrics at /metrics and a web page at /
+    /// (see docs/api.md).
+    Serve(ServeArgs),
+}
+
+/// Options of `weir serve`.
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Address of the API (`127.0.0.1:0` picks a free port; the address is printed).
+    #[arg(long, env = "WEIR_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: std::net::SocketAddr,
+    /// Bearer token every API call must send (`Authorization: Bearer TOKEN`); required when
+    /// --listen is not a loopback address.
+    #[arg(long, env = "WEIR_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Folder of pipeline files: every *.yaml there starts with the server, and pipelines
+    /// submitted over the API are written there (default: DATA_DIR/pipelines).
+    #[arg(long, env = "WEIR_PIPELINES")]
+    pipelines: Option<PathBuf>,
+    /// The server's own files: uploaded plugins by sha256, each pipeline's event log and
+    /// plugin versions.
+    #[arg(long, env = "WEIR_DATA_DIR", default_value = ".weir/serve")]
+    data_dir: PathBuf,
+    /// Largest pipeline file a request may carry, in bytes.
+    #[arg(long, default_value_t = 1 << 20)]
+    max_yaml_bytes: usize,
+    /// Largest plugin upload, in bytes.
+    #[arg(long, default_value_t = 128 << 20)]
+    max_wasm_bytes: usize,
+    /// Failures in a row after which a pipeline stays failed (0: never restart).
+    #[arg(long, default_value_t = 10)]
+    restart_attempts: u32,
+    /// Wait before the first restart, in ms; doubled after each failure in a row.
+    #[arg(long, default_value_t = 1000)]
+    restart_backoff_min: u64,
+    /// Longest wait between restarts, in ms.
+    #[arg(long, default_value_t = 60_000)]
+    restart_backoff_max: u64,
 }
 
 #[derive(Subcommand)]
@@ -189,6 +230,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Gen(_) => unreachable!("handled before the engine starts"),
+        Command::Serve(args) => serve(host, args),
         Command::Plugin(PluginCommand::Test {
             plugin,
             cases,
@@ -239,6 +281,81 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// `weir serve`.
+fn serve(host: PluginHost, args: ServeArgs) -> ExitCode {
+    let token = args.token.filter(|t| !t.is_empty());
+    if let Err(e) = weir::api::check_bind(args.listen, token.as_deref()) {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
+    let settings = Settings {
+        pipelines_dir: args
+            .pipelines
+            .unwrap_or_else(|| args.data_dir.join("pipelines")),
+        data_dir: args.data_dir,
+        restart: RestartPolicy {
+            attempts: args.restart_attempts,
+            backoff_min: std::time::Duration::from_millis(args.restart_backoff_min),
+            backoff_max: std::time::Duration::from_millis(
+                args.restart_backoff_max.max(args.restart_backoff_min),
+            ),
+            ..RestartPolicy::default()
+        },
+    };
+    let Some(rt) = runtime(tokio::runtime::Builder::new_multi_thread()) else {
+        return ExitCode::FAILURE;
+    };
+    let api = ApiSettings {
+        token,
+        max_yaml_bytes: args.max_yaml_bytes,
+        max_wasm_bytes: args.max_wasm_bytes,
+    };
+    rt.block_on(async move {
+        let listener = match tokio::net::TcpListener::bind(args.listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("error: cannot listen on {}: {e}", args.listen);
+                return ExitCode::FAILURE;
+            }
+        };
+        let supervisor = match Supervisor::new(std::sync::Arc::new(host), settings.clone()) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!(
+                    "error: cannot use {} and {}: {e}",
+                    settings.pipelines_dir.display(),
+                    settings.data_dir.display()
+                );
+                return ExitCode::FAILURE;
+            }
+        };
+        let found = match supervisor.start_all() {
+            Ok(n) => n,
+            Err(e) => {
+                eprintln!(
+                    "error: cannot read {}: {e}",
+                    settings.pipelines_dir.display()
+                );
+                return ExitCode::FAILURE;
+            }
+        };
+        let addr = listener.local_addr().unwrap_or(args.listen);
+        eprintln!(
+            "weir: serving http://{addr} ({found} pipelines from {}; Ctrl-C stops them gracefully)",
+            settings.pipelines_dir.display()
+        );
+        let served = weir::api::serve(listener, supervisor.clone(), api, stop_signal()).await;
+        supervisor.stop_all().await;
+        match served {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: the API stopped: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
 }
 
 /// `weir plugin test`.

@@ -208,8 +208,21 @@ pub fn normalize(path: &Path) -> PathBuf {
 
 /// Parses and checks a pipeline file, compiling and initialising its plugins.
 pub fn load(file: &Path, host: &PluginHost) -> Result<Pipeline, SpecErrors> {
+    load_with(file, host, &Overrides::new())
+}
+
+/// Plugin files that run in place of those a pipeline file names, by stage: the versions a hot
+/// swap put in place, which a restart keeps.
+pub type Overrides = std::collections::BTreeMap<String, PathBuf>;
+
+/// As [`load`], with the stages named in `overrides` running those plugins instead.
+pub fn load_with(
+    file: &Path,
+    host: &PluginHost,
+    overrides: &Overrides,
+) -> Result<Pipeline, SpecErrors> {
     let spec = parse(file)?;
-    check(file, spec, host)
+    check_with(file, spec, host, overrides)
 }
 
 /// Collects problems with their places.
@@ -229,7 +242,8 @@ impl Problems<'_> {
     }
 }
 
-fn valid_name(name: &str) -> bool {
+/// Whether `name` may name a pipeline, a stage or a sink: letters, digits, `-` and `_`.
+pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name
             .chars()
@@ -238,6 +252,16 @@ fn valid_name(name: &str) -> bool {
 
 /// Checks a parsed pipeline and resolves it.
 pub fn check(file: &Path, spec: PipelineSpec, host: &PluginHost) -> Result<Pipeline, SpecErrors> {
+    check_with(file, spec, host, &Overrides::new())
+}
+
+/// As [`check`], with `overrides`.
+pub fn check_with(
+    file: &Path,
+    spec: PipelineSpec,
+    host: &PluginHost,
+    overrides: &Overrides,
+) -> Result<Pipeline, SpecErrors> {
     let dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
     // Absolute, so that the paths a run prints can be pasted anywhere.
     let dir = std::fs::canonicalize(if dir.as_os_str().is_empty() {
@@ -284,7 +308,7 @@ pub fn check(file: &Path, spec: PipelineSpec, host: &PluginHost) -> Result<Pipel
                 format!("there is already a stage named `{name}`"),
             );
         }
-        if let Some(runner) = start_stage(stage, &dir, host, &mut problems) {
+        if let Some(runner) = start_stage(stage, &dir, host, overrides.get(name), &mut problems) {
             stages.push(Stage {
                 name: name.clone(),
                 runner,
@@ -944,6 +968,7 @@ fn start_stage(
     stage: &spec::StageSpec,
     dir: &Path,
     host: &PluginHost,
+    plugin: Option<&PathBuf>,
     problems: &mut Problems,
 ) -> Option<StageRunner> {
     let config = match &stage.config {
@@ -980,7 +1005,9 @@ fn start_stage(
         }
         limits.fuel_per_call = Some(fuel.value);
     }
-    let path = normalize(&dir.join(&stage.plugin.value));
+    let path = plugin
+        .cloned()
+        .unwrap_or_else(|| normalize(&dir.join(&stage.plugin.value)));
     if !path.is_file() {
         problems.at(
             &stage.plugin.referenced,
