@@ -293,11 +293,15 @@ impl Rates {
         ));
     }
 
-    /// Per second: from the source, into each stage, written by each sink.
-    fn per_sec(&self) -> (f64, Vec<f64>, Vec<f64>) {
+    /// Per second: from the source, into each stage, written by each sink (nothing unless the
+    /// pipeline is in `state` running: the samples of a stopped run are of the past).
+    fn per_sec(&self, state: State) -> (f64, Vec<f64>, Vec<f64>) {
         let (Some(first), Some(last)) = (self.samples.front(), self.samples.back()) else {
             return (0.0, Vec::new(), Vec::new());
         };
+        if state != State::Running {
+            return (0.0, Vec::new(), Vec::new());
+        }
         let secs = last.0.duration_since(first.0).as_secs_f64();
         if secs <= 0.0 {
             return (0.0, Vec::new(), Vec::new());

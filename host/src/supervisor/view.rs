@@ -289,7 +289,7 @@ impl Managed {
     pub fn summary(&self) -> Summary {
         let inner = self.inner();
         let metrics = inner.run.as_ref().map(|r| &r.metrics);
-        let (rate, ..) = inner.rates.per_sec();
+        let (rate, ..) = inner.rates.per_sec(inner.state);
         Summary {
             name: self.name.clone(),
             state: inner.state,
@@ -312,7 +312,7 @@ impl Managed {
         let failed = self.checkpoint_failures();
         let inner = self.inner();
         let metrics = inner.run.as_ref().map(|r| r.metrics.clone());
-        let (_, stage_rates, sink_rates) = inner.rates.per_sec();
+        let (_, stage_rates, sink_rates) = inner.rates.per_sec(inner.state);
         let Some(shape) = inner.shape.clone() else {
             return Detail {
                 summary,
