@@ -49,10 +49,12 @@ rust-plugins: toolchain
 build:
 	cargo build --release
 
-## The test services (the tansu broker) and the independent readers (pyarrow, DuckDB,
-## confluent-kafka), installed once into $(VENV).
+## The test services (the tansu broker, SeaweedFS) and the independent readers (pyarrow, DuckDB,
+## confluent-kafka, Prometheus' parser, schemathesis), installed once into $(VENV); Chromium
+## and playwright-core for the browser test of the web page.
 readers:
 	@WEIR_VENV=$(VENV) tests/services.sh install
+	@tests/ui/install.sh
 
 ## Formatting and clippy, for the host and the plugins, warnings as errors.
 lint:

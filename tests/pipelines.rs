@@ -1,4 +1,5 @@
-//! Pipeline files: every example in `pipelines/` validates, and every invalid spec in
+//! Pipeline files: every example in `pipelines/` (and `pipelines/served/`, for `weir serve`)
+//! validates, and every invalid spec in
 //! `tests/invalid/` fails with exactly the message (file, line, column, what was expected) in
 //! its `.err` file. `WEIR_BLESS=1` rewrites the `.err` files from the current output.
 
@@ -22,7 +23,7 @@ fn yaml_files(dir: &str) -> Vec<PathBuf> {
 fn every_example_pipeline_validates() {
     support::plugin("enrich");
     let host = PluginHost::new(None).unwrap();
-    let files = yaml_files("pipelines");
+    let files = [yaml_files("pipelines"), yaml_files("pipelines/served")].concat();
     assert!(!files.is_empty());
     for file in files {
         if let Err(e) = pipeline::load(&file, &host) {

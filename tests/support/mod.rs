@@ -1,6 +1,9 @@
 //! The test harness shared by the integration tests: where things are, and independent readers.
 #![allow(dead_code)]
 
+pub mod ohlc;
+pub mod serve;
+
 use std::{
     path::{Path, PathBuf},
     process::Command,
