@@ -381,7 +381,19 @@ pub async fn run(
         watermarks,
         state,
         coordinator: ack_tx.clone(),
-        swaps,
+        swaps: match swaps {
+            Some(swaps) => {
+                let (unload, replaced) = std::sync::mpsc::channel();
+                std::thread::Builder::new()
+                    .name("weir-unload".into())
+                    .spawn(move || replaced.into_iter().for_each(drop))
+                    .map_err(|e| {
+                        RunError::Internal(format!("cannot start the unload thread: {e}"))
+                    })?;
+                Some((swaps, unload))
+            }
+            None => None,
+        },
     };
     let chain = std::thread::Builder::new()
         .name("weir-stages".into())
@@ -477,8 +489,14 @@ struct Chain {
     state: Option<ChainState>,
     /// Where each checkpoint's state goes: the coordinator.
     coordinator: mpsc::UnboundedSender<Coord>,
-    /// New plugin versions waiting for the next barrier, when the run is controlled.
-    swaps: Option<std::sync::mpsc::Receiver<control::SwapRequest>>,
+    /// New plugin versions waiting for the next barrier, when the run is controlled, and where
+    /// the versions they replace go to be dropped: a thread of the run's own, since unmapping
+    /// an instance's memory is no work for the stages, and starting a thread per swap would
+    /// be most of a swap's pause.
+    swaps: Option<(
+        std::sync::mpsc::Receiver<control::SwapRequest>,
+        std::sync::mpsc::Sender<crate::plugin::StageRunner>,
+    )>,
 }
 
 /// The state database as the stage chain writes it at checkpoints.
@@ -558,10 +576,10 @@ fn run_chain(
     Ok(())
 }
 
-/// Puts the new plugin versions waiting for this barrier in place. The old runner goes to a
-/// thread of its own to be dropped: unmapping an instance's memory is no work for the stages.
+/// Puts the new plugin versions waiting for this barrier in place; the runners they replace go
+/// to the unload thread.
 fn swap_plugins(stages: &mut [crate::pipeline::Stage], id: u64, chain: &Chain) {
-    let Some(swaps) = &chain.swaps else {
+    let Some((swaps, unload)) = &chain.swaps else {
         return;
     };
     while let Ok(request) = swaps.try_recv() {
@@ -577,10 +595,9 @@ fn swap_plugins(stages: &mut [crate::pipeline::Stage], id: u64, chain: &Chain) {
         let started = std::time::Instant::now();
         match target.runner.swap(runner) {
             Ok(old) => {
-                let _ = std::thread::Builder::new()
-                    .name("weir-unload".into())
-                    .spawn(move || drop(old));
-                // Everything the stage thread did for the swap, the thread's start included.
+                // Were the unload thread gone, `old` would come back in the error and drop here.
+                let _ = unload.send(old);
+                // Everything the stage thread did for the swap.
                 let pause = started.elapsed();
                 chain
                     .metrics
