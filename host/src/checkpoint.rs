@@ -306,7 +306,8 @@ impl ManifestStore {
 
     /// Deletes savepoint `id` and its state snapshot.
     pub async fn delete_savepoint(&self, id: u64) -> Result<(), StoreError> {
-        for what in ["state", "json"] {
+        // The manifest first: a savepoint whose state is gone must not stay listed.
+        for what in ["json", "state"] {
             match self
                 .location
                 .store
@@ -321,8 +322,9 @@ impl ManifestStore {
     }
 
     /// Makes savepoint `id` where the next run starts: stores a manifest, numbered after every
-    /// checkpoint so far, with the savepoint's positions, event time and plugins, and a copy of
-    /// its state as that checkpoint's full snapshot, and nothing for the sinks to commit.
+    /// checkpoint so far, with the savepoint's positions and event time, and a copy of its state
+    /// as that checkpoint's full snapshot, and nothing for the sinks to commit. (The plugins it
+    /// names are a record of what ran; which plugins the next run runs is up to its pipeline.)
     /// Returns the new checkpoint's number.
     pub async fn restore_savepoint(&self, id: u64) -> Result<u64, StoreError> {
         let savepoint = self.savepoint(id).await?;
@@ -477,8 +479,13 @@ pub(crate) struct Open {
     )>,
     /// The plugin each stage runs after the barrier.
     pub plugins: BTreeMap<String, String>,
-    /// Set when the checkpoint is kept as a savepoint, with where to say how that went.
-    pub savepoint: Option<Option<crate::runtime::control::SavepointReply>>,
+    /// Whether the checkpoint is kept as a savepoint, and who waits to hear how that went.
+    pub keep: crate::runtime::control::Keep,
+    /// The plugin swaps made at its barrier, confirmed once it commits.
+    pub swapped: Vec<(
+        crate::runtime::control::SwapReply,
+        crate::runtime::control::Swapped,
+    )>,
     /// When the records the sinks wrote for it entered the stages, and how many.
     pub entered: Vec<(i64, u64)>,
 }
@@ -493,7 +500,8 @@ impl Open {
             pending: BTreeMap::new(),
             state: None,
             plugins: BTreeMap::new(),
-            savepoint: None,
+            keep: crate::runtime::control::Keep::No,
+            swapped: Vec::new(),
             entered: Vec::new(),
         }
     }

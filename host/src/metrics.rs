@@ -47,29 +47,6 @@ impl Histogram {
         self.counts[bucket].fetch_add(n, Relaxed);
         self.sum_us.fetch_add(ms.max(0) as u64 * 1000 * n, Relaxed);
     }
-
-    /// Samples so far.
-    pub fn count(&self) -> u64 {
-        self.counts.iter().map(|c| c.load(Relaxed)).sum()
-    }
-
-    /// The value below which a fraction `q` of the samples fall, as a bucket's upper bound in
-    /// seconds (`None` without samples; the largest bound when it is in +Inf).
-    pub fn quantile(&self, q: f64) -> Option<f64> {
-        let total = self.count();
-        if total == 0 {
-            return None;
-        }
-        let rank = (q * total as f64).ceil().max(1.0) as u64;
-        let mut seen = 0;
-        for (i, c) in self.counts.iter().enumerate() {
-            seen += c.load(Relaxed);
-            if seen >= rank {
-                return Some(self.bounds.get(i).copied().unwrap_or(f64::INFINITY));
-            }
-        }
-        None
-    }
 }
 
 /// Writes Prometheus text: one `# HELP`/`# TYPE` header per family, then its samples.
@@ -168,10 +145,6 @@ mod tests {
         h.observe_ms(5, 2);
         h.observe_ms(50, 1);
         h.observe_ms(5000, 1);
-        assert_eq!(h.count(), 4);
-        assert_eq!(h.quantile(0.5), Some(0.01));
-        assert_eq!(h.quantile(0.75), Some(0.1));
-        assert_eq!(h.quantile(1.0), Some(f64::INFINITY));
         let mut e = Exposition::default();
         e.family("x_seconds", "histogram", "test");
         e.histogram("x_seconds", &[("p", "a\"b")], &h);

@@ -463,6 +463,20 @@ pub enum SwapError {
     },
 }
 
+/// Whether a new version of stage `stage`, declaring the named outputs `new`, can take the
+/// place of one declaring `old`: the pipeline wires each named output to its sinks.
+pub fn same_outputs(stage: &str, old: &[String], new: &[String]) -> Result<(), SwapError> {
+    if old == new {
+        Ok(())
+    } else {
+        Err(SwapError::Outputs {
+            stage: stage.to_string(),
+            old: old.join(", "),
+            new: new.join(", "),
+        })
+    }
+}
+
 impl StageRunner {
     /// Instantiates the plugin and calls `init` with `config` (JSON text).
     pub fn start(
@@ -503,13 +517,7 @@ impl StageRunner {
                 new: next.name.to_string(),
             });
         }
-        if next.outputs != self.outputs {
-            return Err(SwapError::Outputs {
-                stage: self.name.to_string(),
-                old: self.outputs.join(", "),
-                new: next.outputs.join(", "),
-            });
-        }
+        same_outputs(&self.name, &self.outputs, &next.outputs)?;
         std::mem::swap(self.keyed_mut(), next.keyed_mut());
         next.replacements += self.replacements;
         next.fuel_consumed += self.fuel_consumed;

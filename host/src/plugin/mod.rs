@@ -30,7 +30,7 @@ use wasmtime::{
 };
 
 use instance::HostState;
-pub use instance::{StageRunner, SwapError, now_ms};
+pub use instance::{StageRunner, SwapError, now_ms, same_outputs};
 
 /// How often the epoch ticker advances the engines' epoch: the resolution of call deadlines.
 const EPOCH_TICK: Duration = Duration::from_millis(10);

@@ -73,6 +73,26 @@ pub fn control() -> (Control, Controls) {
 /// Where the coordinator says how a savepoint went.
 pub(crate) type SavepointReply = oneshot::Sender<Result<Savepoint, String>>;
 
+/// Where the coordinator says that a swap's checkpoint committed.
+pub(crate) type SwapReply = oneshot::Sender<Result<Swapped, String>>;
+
+/// Whether a checkpoint is kept as a savepoint, and who waits to hear how that went.
+pub(crate) enum Keep {
+    /// An ordinary checkpoint.
+    No,
+    /// The last checkpoint of a stop that asked for a savepoint (the run's end reports it).
+    AtStop,
+    /// A savepoint asked for while the run goes on.
+    Asked(SavepointReply),
+}
+
+impl Keep {
+    /// Whether the checkpoint is a savepoint (its state is then one full snapshot).
+    pub(crate) fn is_savepoint(&self) -> bool {
+        !matches!(self, Keep::No)
+    }
+}
+
 /// A checkpoint barrier asked for now, instead of at the next interval.
 pub(crate) enum BarrierRequest {
     /// An ordinary checkpoint (a swap waits at its barrier).
@@ -87,11 +107,11 @@ pub(crate) struct SwapRequest {
     pub(crate) stage: usize,
     /// Instantiated and initialised off the hot path.
     pub(crate) runner: StageRunner,
-    /// Told once the stage runs it.
-    pub(crate) reply: oneshot::Sender<Result<Swapped, String>>,
+    /// Told once the checkpoint at whose barrier the stage swapped has committed.
+    pub(crate) reply: SwapReply,
 }
 
-/// A swap that happened.
+/// A swap that happened: its checkpoint committed.
 #[derive(Debug, Clone)]
 pub struct Swapped {
     /// The checkpoint at whose barrier the stage swapped: records before it went through the
@@ -116,7 +136,9 @@ impl Control {
     }
 
     /// Swaps stage `stage` to `runner` (see [`StageRunner::next_version`]) at a checkpoint
-    /// barrier taken at once; returns once the stage runs it.
+    /// barrier taken at once; returns once that checkpoint has committed. A run that fails
+    /// before then recovers from the checkpoint before, with the version before: the swap did
+    /// not happen, and this says so.
     pub async fn swap(&self, stage: usize, runner: StageRunner) -> Result<Swapped, ControlError> {
         let (reply, answer) = oneshot::channel();
         // The swap is queued before the barrier is asked for, so that barrier finds it.

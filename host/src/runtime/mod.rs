@@ -94,8 +94,8 @@ pub(crate) enum Coord {
         id: u64,
         /// The source's position.
         offsets: Vec<crate::checkpoint::Offset>,
-        /// Set when the checkpoint is to be kept as a savepoint, with where to say how it went.
-        savepoint: Option<Option<control::SavepointReply>>,
+        /// Whether it is kept as a savepoint, and who waits to hear how that went.
+        keep: control::Keep,
     },
     /// The stage chain has written checkpoint `id`'s state (its file, if anything changed) and
     /// noted where event time stood.
@@ -108,6 +108,8 @@ pub(crate) enum Coord {
         event_time: Vec<event_time::PartitionTime>,
         /// The plugin each stage runs after the barrier (a swap at it included).
         plugins: std::collections::BTreeMap<String, String>,
+        /// The swaps made at the barrier, told once the checkpoint commits.
+        swapped: Vec<(control::SwapReply, control::Swapped)>,
     },
     /// Sink `sink` has pre-committed checkpoint `id`.
     PreCommitted {
@@ -551,8 +553,8 @@ fn run_chain(
                 }
                 // Everything before the barrier went through the old versions; everything
                 // after it goes through the new ones, and the checkpoint says which they are.
-                swap_plugins(&mut stages, id, &chain);
-                checkpoint_state(&mut stages, id, full, &mut chain)?;
+                let swapped = swap_plugins(&mut stages, id, &chain);
+                checkpoint_state(&mut stages, id, full, swapped, &mut chain)?;
                 for (_, tx) in &chain.router.sinks {
                     tx.blocking_send(SinkMsg::Checkpoint(id))
                         .map_err(|_| stopped())?;
@@ -577,10 +579,15 @@ fn run_chain(
 }
 
 /// Puts the new plugin versions waiting for this barrier in place; the runners they replace go
-/// to the unload thread.
-fn swap_plugins(stages: &mut [crate::pipeline::Stage], id: u64, chain: &Chain) {
+/// to the unload thread. Returns the swaps made, to be confirmed once the checkpoint commits.
+fn swap_plugins(
+    stages: &mut [crate::pipeline::Stage],
+    id: u64,
+    chain: &Chain,
+) -> Vec<(control::SwapReply, control::Swapped)> {
+    let mut swapped = Vec::new();
     let Some((swaps, unload)) = &chain.swaps else {
-        return;
+        return swapped;
     };
     while let Ok(request) = swaps.try_recv() {
         let control::SwapRequest {
@@ -609,16 +616,20 @@ fn swap_plugins(stages: &mut [crate::pipeline::Stage], id: u64, chain: &Chain) {
                     pause_us = pause.as_micros() as u64,
                     "swapped the stage's plugin"
                 );
-                let _ = reply.send(Ok(control::Swapped {
-                    checkpoint: id,
-                    pause,
-                }));
+                swapped.push((
+                    reply,
+                    control::Swapped {
+                        checkpoint: id,
+                        pause,
+                    },
+                ));
             }
             Err(e) => {
                 let _ = reply.send(Err(e.to_string()));
             }
         }
     }
+    swapped
 }
 
 /// Notes each stage's instance figures (memory, fuel, traps) in the metrics, once per batch.
@@ -680,6 +691,7 @@ fn checkpoint_state(
     stages: &mut [crate::pipeline::Stage],
     id: u64,
     full: bool,
+    swapped: Vec<(control::SwapReply, control::Swapped)>,
     chain: &mut Chain,
 ) -> Result<(), RunError> {
     let event_time = chain.watermarks.snapshot();
@@ -693,6 +705,7 @@ fn checkpoint_state(
             file: None,
             event_time,
             plugins,
+            swapped,
         });
         return Ok(());
     };
@@ -722,6 +735,7 @@ fn checkpoint_state(
             file,
             event_time,
             plugins,
+            swapped,
         });
         Ok(())
     };
@@ -1075,14 +1089,10 @@ async fn coordinate(
     let failed = |e: String| RunError::Checkpoint(e);
     while let Some(msg) = rx.recv().await {
         match msg {
-            Coord::Barrier {
-                id,
-                offsets,
-                savepoint,
-            } => {
+            Coord::Barrier { id, offsets, keep } => {
                 let checkpoint = open.entry(id).or_default();
                 checkpoint.offsets = Some(offsets);
-                checkpoint.savepoint = savepoint;
+                checkpoint.keep = keep;
             }
             Coord::PreCommitted {
                 id,
@@ -1099,10 +1109,12 @@ async fn coordinate(
                 file,
                 event_time,
                 plugins,
+                swapped,
             } => {
                 let checkpoint = open.entry(id).or_default();
                 checkpoint.state = Some((file, event_time));
                 checkpoint.plugins = plugins;
+                checkpoint.swapped = swapped;
             }
         }
         while let Some(entry) = open.first_entry() {
@@ -1189,21 +1201,27 @@ async fn coordinate(
                 bytes,
             );
             tracing::debug!(checkpoint = id, files, bytes, "checkpoint committed");
-            if let Some(reply) = checkpoint.savepoint {
+            for (reply, swapped) in checkpoint.swapped {
+                let _ = reply.send(Ok(swapped));
+            }
+            if checkpoint.keep.is_savepoint() {
                 // A savepoint that cannot be stored fails the request, not the run: the
                 // checkpoint itself is committed.
                 let kept = manifests
                     .keep_savepoint(&manifest)
                     .await
-                    .map_err(|e| e.to_string());
+                    .map_err(|e| format!("the savepoint was not stored: {e}"));
                 match &kept {
                     Ok(savepoint) => {
                         metrics.savepoint_kept(savepoint.id);
                         tracing::info!(savepoint = savepoint.id, "savepoint stored");
                     }
-                    Err(e) => tracing::error!("the savepoint was not stored: {e}"),
+                    Err(e) => {
+                        metrics.savepoint_failed(e.clone());
+                        tracing::error!("{e}");
+                    }
                 }
-                if let Some(reply) = reply {
+                if let control::Keep::Asked(reply) = checkpoint.keep {
                     let _ = reply.send(kept);
                 }
             }

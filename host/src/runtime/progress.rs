@@ -45,6 +45,8 @@ pub struct Metrics {
     last_checkpoint: Mutex<Option<LastCheckpoint>>,
     /// The newest savepoint stored (0: none).
     last_savepoint: AtomicU64,
+    /// Why the newest savepoint asked for was not stored, if it was not.
+    savepoint_error: Mutex<Option<String>>,
     /// From a record entering the stages to its sink making it visible.
     latency: Histogram,
     /// Records between each Kafka partition's position and its end, as last reported.
@@ -183,6 +185,7 @@ impl Metrics {
             checkpoint_durations: Histogram::new(&LATENCY_BUCKETS),
             last_checkpoint: Mutex::new(None),
             last_savepoint: AtomicU64::new(0),
+            savepoint_error: Mutex::new(None),
             latency: Histogram::new(&LATENCY_BUCKETS),
             lag: Mutex::new(Vec::new()),
         }
@@ -217,6 +220,12 @@ impl Metrics {
     /// Savepoint `id` was stored.
     pub(crate) fn savepoint_kept(&self, id: u64) {
         self.last_savepoint.fetch_max(id, Relaxed);
+        *lock(&self.savepoint_error) = None;
+    }
+
+    /// A savepoint's checkpoint committed but the savepoint could not be stored, for `why`.
+    pub(crate) fn savepoint_failed(&self, why: String) {
+        *lock(&self.savepoint_error) = Some(why);
     }
 
     /// `n` records became visible in a sink `ms` after they entered the stages.
@@ -290,6 +299,11 @@ impl Metrics {
     /// The newest savepoint stored in this run.
     pub fn last_savepoint(&self) -> Option<u64> {
         Some(self.last_savepoint.load(Relaxed)).filter(|id| *id > 0)
+    }
+
+    /// Why the newest savepoint was not stored, if it was not.
+    pub fn savepoint_error(&self) -> Option<String> {
+        lock(&self.savepoint_error).clone()
     }
 
     /// Checkpoints committed, their mean and longest duration.

@@ -154,21 +154,21 @@ impl Driver {
     /// Starts a checkpoint: `barrier` (the source noting its position, which goes to the
     /// coordinator) runs as the barrier joins the queue, behind everything handed out before
     /// it. With `wait`, the queue is flushed into the chain; without, it goes as room allows
-    /// (a pausable source must not block). A `savepoint` keeps the checkpoint as one.
+    /// (a pausable source must not block). `keep` says whether it is kept as a savepoint.
     fn start(
         &mut self,
         barrier: &mut dyn FnMut(u64) -> Vec<Offset>,
         wait: bool,
-        savepoint: Option<Option<control::SavepointReply>>,
+        keep: control::Keep,
     ) -> Result<u64, Stopped> {
         self.last += 1;
         let offsets = barrier(self.last);
-        let full = savepoint.is_some();
+        let full = keep.is_savepoint();
         self.coordinator
             .send(Coord::Barrier {
                 id: self.last,
                 offsets,
-                savepoint,
+                keep,
             })
             .map_err(|_| Stopped)?;
         self.ready.push_back(Queued::Barrier(self.last, full));
@@ -197,7 +197,9 @@ impl Drain for Driver {
         for p in pulled {
             self.send_pulled(p).map_err(stopped)?;
         }
-        let id = self.start(barrier, true, None).map_err(stopped)?;
+        let id = self
+            .start(barrier, true, control::Keep::No)
+            .map_err(stopped)?;
         self.wait_for(id).map_err(stopped)?;
         self.finished.retain(|f| *f != id);
         Ok(id)
@@ -249,11 +251,11 @@ pub(super) fn run(
             let asked = requests.as_ref().and_then(|r| r.try_recv().ok());
             if asked.is_some() || Instant::now() >= next_checkpoint {
                 next_checkpoint = Instant::now() + interval;
-                let savepoint = match asked {
-                    Some(control::BarrierRequest::Savepoint(reply)) => Some(Some(reply)),
-                    _ => None,
+                let keep = match asked {
+                    Some(control::BarrierRequest::Savepoint(reply)) => control::Keep::Asked(reply),
+                    _ => control::Keep::No,
                 };
-                if d.start(&mut |id| source.barrier(id), !pausable, savepoint)
+                if d.start(&mut |id| source.barrier(id), !pausable, keep)
                     .is_err()
                 {
                     return Ok(());
@@ -315,10 +317,12 @@ pub(super) fn run(
     if d.flush(true).is_err() || (ended && d.send(ChainMsg::End).is_err()) {
         return Ok(());
     }
-    let savepoint = savepoint_on_stop
-        .is_some_and(|s| s.load(Ordering::Relaxed))
-        .then_some(None);
-    let Ok(last) = d.start(&mut |id| source.barrier(id), true, savepoint) else {
+    let keep = if savepoint_on_stop.is_some_and(|s| s.load(Ordering::Relaxed)) {
+        control::Keep::AtStop
+    } else {
+        control::Keep::No
+    };
+    let Ok(last) = d.start(&mut |id| source.barrier(id), true, keep) else {
         return Ok(());
     };
     d.chain = None; // the chain ends once it has passed the last barrier on

@@ -173,10 +173,7 @@ impl RowEncoder {
                     .expect("JSON columns decoded")
                     .column(*j)
                     .clone()),
-                Column::Meta(Meta::Plugin, _) => Ok(Arc::new(StringArray::from_iter(
-                    indices.clone().map(|_| routed.plugin),
-                )) as ArrayRef),
-                Column::Meta(meta, kind) => meta_array(batch, indices.clone(), *meta, *kind),
+                Column::Meta(meta, kind) => meta_array(routed, indices.clone(), *meta, *kind),
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Some(RecordBatch::try_new(self.schema.clone(), arrays)?))
@@ -223,11 +220,12 @@ impl RowEncoder {
 
 /// A column of record metadata for the given records (types checked when the pipeline loads).
 fn meta_array(
-    batch: &Batch,
+    routed: Routed<'_>,
     indices: impl Iterator<Item = usize>,
     meta: Meta,
     kind: ColumnType,
 ) -> Result<ArrayRef, arrow_schema::ArrowError> {
+    let batch = routed.batch;
     let records = indices.map(|i| (i, &batch.records[i]));
     Ok(match (meta, kind) {
         (Meta::Value | Meta::Key, ColumnType::Binary) => Arc::new(BinaryArray::from_iter(
@@ -261,7 +259,7 @@ fn meta_array(
         (Meta::Timestamp, _) => Arc::new(Int64Array::from_iter_values(
             records.map(|(_, r)| r.timestamp_ms),
         )),
-        (Meta::Plugin, _) => Arc::new(StringArray::new_null(records.count())),
+        (Meta::Plugin, _) => Arc::new(StringArray::from_iter(records.map(|_| routed.plugin))),
         (Meta::Headers, _) => Arc::new(StringArray::from_iter(records.map(|(i, _)| {
             let headers = batch.headers_of(i);
             (!headers.is_empty()).then(|| {
@@ -318,19 +316,19 @@ mod tests {
             &[crate::record::header("h", b"v")],
         );
         b.push(None, &[0xff, 0x00], 8, 41, &[]);
-        let binary = meta_array(&b, 0..2, Meta::Value, ColumnType::Binary).unwrap();
+        let binary = meta_array((&b).into(), 0..2, Meta::Value, ColumnType::Binary).unwrap();
         let binary = binary.as_any().downcast_ref::<BinaryArray>().unwrap();
         assert_eq!(binary.value(1), [0xff, 0x00]);
-        let keys = meta_array(&b, 0..2, Meta::Key, ColumnType::String).unwrap();
+        let keys = meta_array((&b).into(), 0..2, Meta::Key, ColumnType::String).unwrap();
         let keys = keys.as_any().downcast_ref::<StringArray>().unwrap();
         assert_eq!((keys.value(0), keys.is_null(1)), ("k", true));
-        let headers = meta_array(&b, 0..2, Meta::Headers, ColumnType::String).unwrap();
+        let headers = meta_array((&b).into(), 0..2, Meta::Headers, ColumnType::String).unwrap();
         let headers = headers.as_any().downcast_ref::<StringArray>().unwrap();
         assert_eq!(
             (headers.value(0), headers.is_null(1)),
             (r#"{"h":"v"}"#, true)
         );
-        let partition = meta_array(&b, 0..2, Meta::Partition, ColumnType::Int64).unwrap();
+        let partition = meta_array((&b).into(), 0..2, Meta::Partition, ColumnType::Int64).unwrap();
         assert_eq!(
             partition
                 .as_any()
@@ -339,8 +337,22 @@ mod tests {
                 .value(1),
             2
         );
+        let emitted = Routed {
+            batch: &b,
+            plugin: Some("9f2c"),
+        };
+        for (routed, want) in [(emitted, Some("9f2c")), ((&b).into(), None)] {
+            let plugin = meta_array(routed, 0..2, Meta::Plugin, ColumnType::String).unwrap();
+            let plugin = plugin.as_any().downcast_ref::<StringArray>().unwrap();
+            let got: Vec<Option<&str>> = plugin.iter().collect();
+            assert_eq!(
+                got,
+                [want, want],
+                "the plugin that emitted the batch, or null"
+            );
+        }
         // Bytes that are not UTF-8 do not fit a string column; the record is rejected.
-        assert!(meta_array(&b, 1..2, Meta::Value, ColumnType::String).is_err());
-        assert!(meta_array(&b, 0..1, Meta::Value, ColumnType::String).is_ok());
+        assert!(meta_array((&b).into(), 1..2, Meta::Value, ColumnType::String).is_err());
+        assert!(meta_array((&b).into(), 0..1, Meta::Value, ColumnType::String).is_ok());
     }
 }
