@@ -75,6 +75,27 @@ fn refused_plugins_leave_the_running_pipeline_untouched() {
             "application/wasm",
         ),
         (
+            "a file on the server that is not a plugin",
+            server.json(
+                "PUT",
+                "/api/pipelines/trades/stages/ohlc/plugin",
+                &json!({"path": "/etc/hostname"}),
+            ),
+            400,
+            "a plugin file's name ends in `.wasm`",
+        ),
+        (
+            "a pipeline file sent as a form",
+            server.send(
+                "POST",
+                "/api/pipelines",
+                "application/x-www-form-urlencoded",
+                b"version: 1".to_vec(),
+            ),
+            415,
+            "application/yaml",
+        ),
+        (
             "an unknown digest",
             server.json(
                 "PUT",
@@ -96,6 +117,7 @@ fn refused_plugins_leave_the_running_pipeline_untouched() {
     let before = records_in(&server.get_ok("/api/pipelines/trades"));
     let after = server.wait_for("trades", 30, |d| records_in(d) > before + 20_000);
     assert_eq!(after["state"], "running");
+    // The digest the stage thread reports running, not only the server's record of versions.
     assert_eq!(after["stages"][0]["plugin"]["sha256"], v1.as_str());
     assert_eq!(after["stages"][0]["swaps"], 0);
     assert_eq!(after["restarts"], 0);
@@ -106,9 +128,18 @@ fn refused_plugins_leave_the_running_pipeline_untouched() {
         .filter(|e| e["kind"] == "swap_refused")
         .count();
     assert_eq!(
-        refused, 3,
-        "the three plugins refused after they loaded are in the log"
+        refused, 4,
+        "the plugins refused once read (another world, truncated, init, not a plugin file) are in the log"
     );
+
+    // A plugin named by its path on the server is taken like an upload.
+    let (status, body) = server.json(
+        "PUT",
+        "/api/pipelines/trades/stages/ohlc/plugin",
+        &json!({"path": support::plugin("ohlc-v2")}),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["to"], sha256(&support::plugin("ohlc-v2")).as_str());
 
     // A version whose named outputs differ from what the pipeline wires is refused too.
     let dir2 = tempfile::tempdir().unwrap();
@@ -191,6 +222,76 @@ fn a_server_beyond_loopback_wants_its_token() {
     for public in ["/healthz", "/openapi.json", "/"] {
         assert_eq!(server.get(public).0, 200, "{public} needs no token");
     }
+    server.stop();
+}
+
+#[test]
+fn pages_of_other_sites_cannot_drive_the_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let port = server.base.rsplit(':').next().unwrap().to_string();
+    // A browser names the page's site in Origin: another site's page is refused…
+    let (status, body) = server.send_with(
+        "POST",
+        "/api/pipelines/any/stop",
+        &[("origin", "http://evil.example")],
+        Vec::new(),
+    );
+    assert_eq!(status, 403, "{body}");
+    // …the server's own page is not (the pipeline does not exist: 404).
+    let own = format!("http://127.0.0.1:{port}");
+    let (status, _) = server.send_with(
+        "POST",
+        "/api/pipelines/any/stop",
+        &[("origin", &own)],
+        Vec::new(),
+    );
+    assert_eq!(status, 404);
+    // Without a token, a name another site points at 127.0.0.1 is refused.
+    let (status, body) = server.send_with(
+        "GET",
+        "/api/pipelines",
+        &[("host", &format!("rebound.example:{port}"))],
+        Vec::new(),
+    );
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(
+        server
+            .send_with(
+                "GET",
+                "/api/pipelines",
+                &[("host", &format!("localhost:{port}"))],
+                Vec::new()
+            )
+            .0,
+        200
+    );
+    server.stop();
+}
+
+#[test]
+fn a_swapped_in_version_survives_restarts_of_the_pipeline_and_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = running_ohlc(dir.path(), &[]);
+    let v2 = sha256(&support::plugin("ohlc-v2"));
+    server.swap("trades", "ohlc", &support::plugin("ohlc-v2"));
+    let running = |server: &Server| {
+        let d = server.wait_for("trades", 60, |d| {
+            d["state"] == "running" && records_in(d) > 0
+        });
+        d["stages"][0]["plugin"]["sha256"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (status, body) = server.json("POST", "/api/pipelines/trades/stop", &json!({}));
+    assert_eq!((status, &body["state"]), (200, &json!("stopped")), "{body}");
+    let (status, body) = server.json("POST", "/api/pipelines/trades/start", &json!({}));
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(running(&server), v2, "after a stop and a start");
+    server.stop();
+    let server = Server::start(dir.path(), &[]);
+    assert_eq!(running(&server), v2, "after a restart of the server");
     server.stop();
 }
 

@@ -303,6 +303,7 @@ fn serve(host: PluginHost, args: ServeArgs) -> ExitCode {
             ),
             ..RestartPolicy::default()
         },
+        max_plugin_bytes: args.max_wasm_bytes as u64,
     };
     let Some(rt) = runtime(tokio::runtime::Builder::new_multi_thread()) else {
         return ExitCode::FAILURE;

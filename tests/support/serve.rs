@@ -105,11 +105,24 @@ impl Server {
 
     /// Sends a request with `body` of `content_type`.
     pub fn send(&self, method: &str, path: &str, content_type: &str, body: Vec<u8>) -> Reply {
+        self.send_with(method, path, &[("content-type", content_type)], body)
+    }
+
+    /// Sends a request with `body` and the headers `headers`.
+    pub fn send_with(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> Reply {
         let mut request = self
             .client
             .request(method.parse().unwrap(), format!("{}{path}", self.base))
-            .header("content-type", content_type)
             .body(body);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
         }

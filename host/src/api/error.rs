@@ -47,7 +47,9 @@ impl From<ServeError> for ApiError {
                 (StatusCode::BAD_REQUEST, "user", false)
             }
             ServeError::Refused(_) => (StatusCode::UNPROCESSABLE_ENTITY, "user", false),
-            ServeError::External(_) => (StatusCode::SERVICE_UNAVAILABLE, "external", true),
+            ServeError::External { retryable, .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, "external", *retryable)
+            }
             ServeError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", false),
         };
         if kind == "internal" {
@@ -108,10 +110,20 @@ impl IntoResponse for ApiError {
             },
         };
         let mut response = (self.status, axum::Json(body)).into_response();
+        let headers = response.headers_mut();
         if self.status == StatusCode::UNAUTHORIZED {
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        // These refuse a request before (or part way through) reading its body; the rest of
+        // it would be read as the next request, so the connection ends with this answer.
+        if matches!(
+            self.status,
+            StatusCode::UNAUTHORIZED
+                | StatusCode::FORBIDDEN
+                | StatusCode::PAYLOAD_TOO_LARGE
+                | StatusCode::UNSUPPORTED_MEDIA_TYPE
+        ) {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         response
     }

@@ -113,6 +113,7 @@ pub fn router(supervisor: Arc<Supervisor>, settings: ApiSettings) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(api.clone(), authorize))
+        .layer(middleware::from_fn_with_state(api.clone(), same_site))
         .layer(middleware::map_response(json_errors))
         .with_state(api)
 }
@@ -120,7 +121,7 @@ pub fn router(supervisor: Arc<Supervisor>, settings: ApiSettings) -> Router {
 /// The request paths that never need the token: the page (which asks for it) and what tells
 /// whether the server is up and what it serves.
 fn is_public(path: &str) -> bool {
-    matches!(path, "/" | "/healthz" | "/openapi.json") || path.starts_with("/ui/")
+    matches!(path, "/" | "/healthz" | "/openapi.json")
 }
 
 /// Checks the bearer token, comparing digests so that the time taken says nothing of how much
@@ -155,6 +156,57 @@ async fn authorize(State(api): State<Api>, request: Request, next: Next) -> Resp
         )
         .into_response()
     }
+}
+
+/// Refuses what a page of another site could make a browser send here. A browser names the
+/// page's site in `Origin` on every request that writes, which must then be this server's own
+/// (`Host`); and without a token, `Host` itself must be a loopback name, or a site could make
+/// its own name point at 127.0.0.1 (DNS rebinding) and read the answers too.
+async fn same_site(State(api): State<Api>, request: Request, next: Next) -> Response {
+    let headers = request.headers();
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let own = origin
+            .to_str()
+            .ok()
+            .and_then(|o| {
+                o.strip_prefix("http://")
+                    .or_else(|| o.strip_prefix("https://"))
+            })
+            .is_some_and(|o| o.eq_ignore_ascii_case(host));
+        if !own {
+            return ApiError::user(
+                StatusCode::FORBIDDEN,
+                "requests from another site's pages are refused",
+            )
+            .into_response();
+        }
+    }
+    if api.settings.token.is_none() && !is_loopback_host(host) {
+        return ApiError::user(
+            StatusCode::FORBIDDEN,
+            format!(
+                "without a token this server answers requests to 127.0.0.1 or localhost only, not to `{host}`"
+            ),
+        )
+        .into_response();
+    }
+    next.run(request).await
+}
+
+/// Whether a `Host` header names this machine's loopback (with or without a port).
+fn is_loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Turns the few error responses axum makes itself (a path it cannot decode, say) into the
@@ -250,4 +302,31 @@ async fn read_body(body: Body, limit: usize) -> Result<axum::body::Bytes, ApiErr
             )
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_hosts_are_told_from_others() {
+        for host in [
+            "127.0.0.1:8080",
+            "localhost",
+            "LOCALHOST:1",
+            "[::1]:80",
+            "127.1.2.3",
+        ] {
+            assert!(is_loopback_host(host), "{host}");
+        }
+        for host in [
+            "",
+            "example.com",
+            "10.0.0.1:8080",
+            "[2001:db8::1]:80",
+            "localhost.evil",
+        ] {
+            assert!(!is_loopback_host(host), "{host}");
+        }
+    }
 }

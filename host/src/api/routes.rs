@@ -11,12 +11,38 @@ use axum::{
 use serde::Deserialize;
 
 use super::{Api, ApiError, MAX_JSON_BYTES, read_body};
-use crate::supervisor::{PluginSource, store::is_sha256};
+use crate::supervisor::{PluginSource, ServeError, store::is_sha256};
 
 type Answer = Result<Response, ApiError>;
 
 fn ok(status: StatusCode, value: impl serde::Serialize) -> Answer {
     Ok((status, Json(value)).into_response())
+}
+
+/// A pipeline file's body: YAML (415 for another content type, so that no page of another
+/// site can send one as a plain form), UTF-8, at most `limit` bytes.
+async fn yaml(headers: &HeaderMap, body: Body, limit: usize) -> Result<String, ApiError> {
+    match content_type(headers).as_str() {
+        "application/yaml" | "application/x-yaml" | "text/yaml" | "text/x-yaml" => {}
+        other => {
+            return Err(ApiError::user(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!("a pipeline file is sent as `application/yaml`, not `{other}`"),
+            ));
+        }
+    }
+    text(read_body(body, limit).await?)
+}
+
+/// Runs `op` to its end even if the client goes away meanwhile: a swap or a stop half done
+/// must still be recorded.
+async fn detached<T: Send + 'static>(
+    op: impl std::future::Future<Output = Result<T, ServeError>> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::spawn(op)
+        .await
+        .map_err(|e| ServeError::Internal(format!("the request's task ended: {e}")))?
+        .map_err(ApiError::from)
 }
 
 /// The body as UTF-8 text (a pipeline file).
@@ -63,9 +89,10 @@ pub(super) async fn list(State(api): State<Api>) -> Answer {
     )
 }
 
-pub(super) async fn submit(State(api): State<Api>, body: Body) -> Answer {
-    let text = text(read_body(body, api.settings.max_yaml_bytes).await?)?;
-    let managed = api.supervisor.submit(text).await?;
+pub(super) async fn submit(State(api): State<Api>, headers: HeaderMap, body: Body) -> Answer {
+    let text = yaml(&headers, body, api.settings.max_yaml_bytes).await?;
+    let supervisor = api.supervisor.clone();
+    let managed = detached(async move { supervisor.submit(text).await }).await?;
     ok(StatusCode::CREATED, managed.summary())
 }
 
@@ -77,6 +104,7 @@ pub(super) async fn replace(
     State(api): State<Api>,
     Path(name): Path<String>,
     RawQuery(query): RawQuery,
+    headers: HeaderMap,
     body: Body,
 ) -> Answer {
     let start = match query_param(&query, "start").as_deref() {
@@ -89,13 +117,15 @@ pub(super) async fn replace(
             ));
         }
     };
-    let text = text(read_body(body, api.settings.max_yaml_bytes).await?)?;
-    let managed = api.supervisor.replace(&name, text, start).await?;
+    let text = yaml(&headers, body, api.settings.max_yaml_bytes).await?;
+    let supervisor = api.supervisor.clone();
+    let managed = detached(async move { supervisor.replace(&name, text, start).await }).await?;
     ok(StatusCode::OK, managed.summary())
 }
 
 pub(super) async fn delete(State(api): State<Api>, Path(name): Path<String>) -> Answer {
-    api.supervisor.delete(&name).await?;
+    let supervisor = api.supervisor.clone();
+    detached(async move { supervisor.delete(&name).await }).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -109,10 +139,9 @@ struct StopRequest {
 
 pub(super) async fn stop(State(api): State<Api>, Path(name): Path<String>, body: Body) -> Answer {
     let request: StopRequest = json_or_default(&read_body(body, MAX_JSON_BYTES).await?)?;
-    ok(
-        StatusCode::OK,
-        api.supervisor.stop(&name, request.savepoint).await?,
-    )
+    let supervisor = api.supervisor.clone();
+    let stopped = detached(async move { supervisor.stop(&name, request.savepoint).await }).await?;
+    ok(StatusCode::OK, stopped)
 }
 
 #[derive(Default, Deserialize)]
@@ -124,7 +153,8 @@ struct StartRequest {
 
 pub(super) async fn start(State(api): State<Api>, Path(name): Path<String>, body: Body) -> Answer {
     let request: StartRequest = json_or_default(&read_body(body, MAX_JSON_BYTES).await?)?;
-    let managed = api.supervisor.start(&name, request.savepoint).await?;
+    let supervisor = api.supervisor.clone();
+    let managed = detached(async move { supervisor.start(&name, request.savepoint).await }).await?;
     ok(StatusCode::ACCEPTED, managed.summary())
 }
 
@@ -158,7 +188,9 @@ pub(super) async fn savepoints(State(api): State<Api>, Path(name): Path<String>)
 }
 
 pub(super) async fn take_savepoint(State(api): State<Api>, Path(name): Path<String>) -> Answer {
-    ok(StatusCode::CREATED, api.supervisor.savepoint(&name).await?)
+    let supervisor = api.supervisor.clone();
+    let kept = detached(async move { supervisor.savepoint(&name).await }).await?;
+    ok(StatusCode::CREATED, kept)
 }
 
 pub(super) async fn delete_savepoint(
@@ -171,7 +203,8 @@ pub(super) async fn delete_savepoint(
             format!("`{id}` is not a savepoint id (a whole number)"),
         )
     })?;
-    api.supervisor.delete_savepoint(&name, id).await?;
+    let supervisor = api.supervisor.clone();
+    detached(async move { supervisor.delete_savepoint(&name, id).await }).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -224,20 +257,18 @@ pub(super) async fn swap(
         }
         other => return Err(unsupported(other)),
     };
-    ok(
-        StatusCode::OK,
-        api.supervisor.swap(&name, &stage, source).await?,
-    )
+    let supervisor = api.supervisor.clone();
+    let swap = detached(async move { supervisor.swap(&name, &stage, source).await }).await?;
+    ok(StatusCode::OK, swap)
 }
 
 pub(super) async fn rollback(
     State(api): State<Api>,
     Path((name, stage)): Path<(String, String)>,
 ) -> Answer {
-    ok(
-        StatusCode::OK,
-        api.supervisor.rollback(&name, &stage).await?,
-    )
+    let supervisor = api.supervisor.clone();
+    let swap = detached(async move { supervisor.rollback(&name, &stage).await }).await?;
+    ok(StatusCode::OK, swap)
 }
 
 pub(super) async fn versions(
@@ -264,10 +295,9 @@ pub(super) async fn upload(
     }
     let bytes = read_body(body, api.settings.max_wasm_bytes).await?;
     let name = upload_name(&query, &bytes);
-    ok(
-        StatusCode::CREATED,
-        api.supervisor.upload(name, bytes.to_vec()).await?,
-    )
+    let supervisor = api.supervisor.clone();
+    let stored = detached(async move { supervisor.upload(name, bytes.to_vec()).await }).await?;
+    ok(StatusCode::CREATED, stored)
 }
 
 /// The `name` query parameter of an upload, or one made from the bytes' digest.

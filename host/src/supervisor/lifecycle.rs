@@ -1,11 +1,7 @@
 //! A pipeline's life in the server: the task that runs it and restarts it after failures, and
 //! submitting, replacing, starting, stopping and deleting it.
 
-use std::{
-    path::{Path, PathBuf},
-    sync::Arc,
-    time::Instant,
-};
+use std::{path::PathBuf, sync::Arc, time::Instant};
 
 use tokio::sync::watch;
 
@@ -16,12 +12,37 @@ use super::{
 use crate::{
     pipeline::{self, Pipeline, SpecErrors},
     plugin::now_ms,
-    runtime::{self, Metrics, RunOptions},
+    runtime::{self, Metrics, RunError, RunOptions},
 };
+
+/// The plugin a stage of a loaded pipeline runs.
+#[derive(Clone)]
+struct Loaded {
+    stage: String,
+    sha256: String,
+    /// The file it was loaded from.
+    path: PathBuf,
+}
+
+impl Loaded {
+    /// Every stage's (taken before an await: a pipeline is not `Sync`).
+    fn of(pipeline: &Pipeline) -> Vec<Loaded> {
+        pipeline
+            .stages
+            .iter()
+            .map(|s| Loaded {
+                stage: s.name.clone(),
+                sha256: s.runner.plugin().digest.to_string(),
+                path: PathBuf::from(&s.runner.plugin().name),
+            })
+            .collect()
+    }
+}
 
 impl Supervisor {
     /// Starts the task that drives `managed`: with `first`, an already loaded pipeline for its
-    /// first run; with `savepoint`, from that savepoint.
+    /// first run; with `savepoint`, from that savepoint. A task that panics (a bug) leaves the
+    /// pipeline failed, not running in name only.
     pub(super) fn launch(
         self: &Arc<Self>,
         managed: &Arc<Managed>,
@@ -29,18 +50,32 @@ impl Supervisor {
         savepoint: Option<u64>,
     ) {
         let (stop_tx, stop_rx) = watch::channel(false);
-        let mut inner = managed.inner();
-        inner.state = State::Starting;
-        inner.attempts = 0;
-        inner.error = None;
-        inner.problems = None;
-        inner.next_restart_ms = None;
-        inner.stop = Some(stop_tx);
+        managed.update(|inner| {
+            inner.state = State::Starting;
+            inner.attempts = 0;
+            inner.error = None;
+            inner.problems = None;
+            inner.next_restart_ms = None;
+            inner.stop = Some(stop_tx);
+        });
         let task = tokio::spawn(
             self.clone()
                 .drive(managed.clone(), first, savepoint, stop_rx),
         );
-        inner.task = Some(task);
+        let watched = managed.clone();
+        tokio::spawn(async move {
+            if let Err(e) = task.await {
+                let message = format!("internal error: the task running the pipeline ended: {e}");
+                tracing::error!(pipeline = watched.name, "{message}");
+                watched
+                    .history
+                    .record("failed", &message, serde_json::json!({}));
+                watched.update(|inner| {
+                    inner.state = State::Failed;
+                    inner.error = Some(message);
+                });
+            }
+        });
     }
 
     /// Loads `managed`'s file with the plugin versions a swap put in place (compiling is
@@ -80,40 +115,59 @@ impl Supervisor {
 
     /// Notes the plugins a loaded pipeline runs: each goes into the plugin store (a rollback
     /// may need it after its file changed), and a stage whose plugin changed since the last
-    /// load gets a `loaded` entry in its history.
-    fn note_loaded(&self, managed: &Managed, pipeline: &Pipeline) {
-        let mut inner = managed.inner();
-        for stage in &pipeline.stages {
-            let plugin = stage.runner.plugin();
-            let versions = inner.versions.entry(stage.name.clone()).or_default();
-            if versions.current.as_ref().map(|c| c.sha256.as_str()) == Some(&*plugin.digest) {
-                continue;
+    /// load gets a `loaded` entry in its history. The files are read off the async threads and
+    /// outside the pipeline's lock.
+    async fn note_loaded(self: &Arc<Self>, managed: &Managed, loaded: Vec<Loaded>) {
+        let changed: Vec<Loaded> = {
+            let inner = managed.inner();
+            loaded
+                .iter()
+                .filter(|l| {
+                    inner
+                        .versions
+                        .get(&l.stage)
+                        .and_then(|v| v.current.as_ref())
+                        .is_none_or(|c| c.sha256 != l.sha256)
+                })
+                .cloned()
+                .collect()
+        };
+        let mut named = Vec::with_capacity(changed.len());
+        for Loaded {
+            stage,
+            sha256,
+            path,
+        } in changed
+        {
+            let supervisor = self.clone();
+            let kept = tokio::task::spawn_blocking(move || match supervisor.plugins.get(&sha256) {
+                Some((stored, _)) => Ok(stored),
+                None => supervisor.plugins.put_file(&path).map(|(stored, _)| stored),
+            })
+            .await;
+            match kept {
+                Ok(Ok(stored)) => named.push((stage, stored.sha256, stored.name)),
+                Ok(Err(e)) => tracing::warn!(stage, "cannot keep the plugin in the store: {e}"),
+                Err(e) => tracing::warn!(stage, "cannot keep the plugin in the store: {e}"),
             }
-            let name = match self.plugins.put_file(Path::new(&plugin.name)) {
-                Ok((stored, _)) => stored.name,
-                Err(e) => {
-                    tracing::warn!(
-                        plugin = plugin.name,
-                        "cannot keep the plugin in the store: {e}"
-                    );
-                    plugin.name.clone()
-                }
-            };
-            versions.change(
-                PluginRef {
-                    sha256: plugin.digest.to_string(),
-                    name,
-                    since_ms: now_ms(),
-                },
-                "loaded",
-                None,
-            );
         }
-        inner
-            .versions
-            .retain(|name, _| pipeline.stages.iter().any(|s| &s.name == name));
-        let versions = inner.versions.clone();
-        drop(inner);
+        let versions = managed.update(|inner| {
+            for (stage, sha256, name) in named {
+                inner.versions.entry(stage).or_default().change(
+                    PluginRef {
+                        sha256,
+                        name,
+                        since_ms: now_ms(),
+                    },
+                    "loaded",
+                    None,
+                );
+            }
+            inner
+                .versions
+                .retain(|name, _| loaded.iter().any(|l| &l.stage == name));
+            inner.versions.clone()
+        });
         managed.save_versions(&versions);
     }
 
@@ -128,7 +182,7 @@ impl Supervisor {
         let policy = self.settings.restart.clone();
         let mut failures: u32 = 0;
         loop {
-            managed.set_state(State::Starting);
+            managed.update(|inner| inner.state = State::Starting);
             let loaded = match first.take() {
                 Some(p) => Ok(p),
                 None => self.load(&managed).await,
@@ -142,16 +196,16 @@ impl Supervisor {
                         format!("the pipeline file does not load: {message}"),
                         serde_json::json!({}),
                     );
-                    let mut inner = managed.inner();
-                    inner.state = State::Failed;
-                    inner.error = Some(message);
-                    inner.problems = Some(problems);
-                    inner.task = None;
+                    managed.update(|inner| {
+                        inner.state = State::Failed;
+                        inner.error = Some(message);
+                        inner.problems = Some(problems);
+                    });
                     return;
                 }
             };
             let shape = Arc::new(Shape::of(&pipeline));
-            self.note_loaded(&managed, &pipeline);
+            self.note_loaded(&managed, Loaded::of(&pipeline)).await;
             if let Some(id) = savepoint.take() {
                 let restored = match shape.store(&managed.name) {
                     Ok(store) => store.restore_savepoint(id).await.map_err(external),
@@ -168,30 +222,34 @@ impl Supervisor {
                         managed
                             .history
                             .record("failed", &message, serde_json::json!({}));
-                        let mut inner = managed.inner();
-                        inner.state = State::Failed;
-                        inner.error = Some(message);
-                        inner.task = None;
+                        managed.update(|inner| {
+                            inner.state = State::Failed;
+                            inner.error = Some(message);
+                        });
                         return;
                     }
                 }
             }
             let metrics = Arc::new(Metrics::for_pipeline(&pipeline));
             let (control, controls) = runtime::control();
-            let attempt = {
-                let mut inner = managed.inner();
+            let attempt = managed.update(|inner| {
                 inner.shape = Some(shape);
                 inner.run = Some(Run {
                     metrics: metrics.clone(),
                     control,
                 });
                 inner.rates = Rates::default();
-                inner.state = State::Running;
+                // A stop asked for while it started has begun already: the run ends at once.
+                inner.state = if *stop.borrow() {
+                    State::Stopping
+                } else {
+                    State::Running
+                };
                 inner.started_ms = Some(now_ms());
                 inner.next_restart_ms = None;
                 inner.attempts += 1;
                 inner.attempts
-            };
+            });
             managed.history.record(
                 "started",
                 format!("run {attempt} started"),
@@ -231,21 +289,20 @@ impl Supervisor {
                             "savepoint": metrics.last_savepoint(),
                         }),
                     );
-                    let mut inner = managed.inner();
-                    inner.state = state;
-                    inner.task = None;
+                    managed.update(|inner| inner.state = state);
                     return;
                 }
-                Err(e) => e.to_string(),
+                Err(e) => e,
             };
+            let at_checkpoint = matches!(error, RunError::Checkpoint(_));
+            let error = error.to_string();
             tracing::warn!(pipeline = managed.name, attempt, "pipeline failed: {error}");
             managed.history.record(
                 "failed",
                 format!("run {attempt} failed: {error}"),
                 serde_json::json!({"attempt": attempt}),
             );
-            {
-                let mut inner = managed.inner();
+            managed.update(|inner| {
                 if inner.exceptions.len() == EXCEPTIONS_KEPT {
                     inner.exceptions.pop_front();
                 }
@@ -254,12 +311,13 @@ impl Supervisor {
                     attempt,
                     message: error.clone(),
                 });
+                inner.checkpoint_failures += u64::from(at_checkpoint);
                 inner.error = Some(error.clone());
-            }
+                if stopping {
+                    inner.state = State::Stopped;
+                }
+            });
             if stopping {
-                let mut inner = managed.inner();
-                inner.state = State::Stopped;
-                inner.task = None;
                 return;
             }
             if started.elapsed() >= policy.stable_after {
@@ -272,18 +330,15 @@ impl Supervisor {
                     format!("gave up after {} failures in a row", failures),
                     serde_json::json!({"failures": failures}),
                 );
-                let mut inner = managed.inner();
-                inner.state = State::Failed;
-                inner.task = None;
+                managed.update(|inner| inner.state = State::Failed);
                 return;
             }
             let wait = policy.backoff(failures);
             let at = now_ms() + wait.as_millis() as i64;
-            {
-                let mut inner = managed.inner();
+            managed.update(|inner| {
                 inner.state = State::Restarting;
                 inner.next_restart_ms = Some(at);
-            }
+            });
             managed.history.record(
                 "restarting",
                 format!(
@@ -296,14 +351,14 @@ impl Supervisor {
                 () = tokio::time::sleep(wait) => {}
                 _ = stop.wait_for(|s| *s) => {
                     managed.history.record("stopped", "stopped while waiting to restart", serde_json::json!({}));
-                    let mut inner = managed.inner();
-                    inner.state = State::Stopped;
-                    inner.next_restart_ms = None;
-                    inner.task = None;
+                    managed.update(|inner| {
+                        inner.state = State::Stopped;
+                        inner.next_restart_ms = None;
+                    });
                     return;
                 }
             }
-            managed.inner().restarts += 1;
+            managed.update(|inner| inner.restarts += 1);
         }
     }
 
@@ -394,14 +449,13 @@ impl Supervisor {
         }
         let loaded = self.check_text(managed.file.clone(), text.clone()).await?;
         store::write_whole(&managed.file, text.as_bytes()).map_err(internal)?;
-        {
-            let mut inner = managed.inner();
+        managed.update(|inner| {
             for v in inner.versions.values_mut() {
                 v.swapped = false;
             }
             inner.shape = Some(Arc::new(Shape::of(&loaded)));
             inner.problems = None;
-        }
+        });
         managed.history.record(
             "replaced",
             "the pipeline file was replaced",
@@ -410,7 +464,8 @@ impl Supervisor {
         if start {
             self.launch(&managed, Some(loaded), None);
         } else {
-            self.note_loaded(&managed, &loaded);
+            let plugins = Loaded::of(&loaded);
+            self.note_loaded(&managed, plugins).await;
         }
         Ok(managed.clone())
     }
@@ -442,12 +497,13 @@ impl Supervisor {
     }
 
     /// Stops a pipeline gracefully: what is in flight is written and a last checkpoint
-    /// committed, kept as a savepoint with `savepoint`. Returns once it has stopped.
+    /// committed, kept as a savepoint with `savepoint`. Returns once it has stopped. The stop
+    /// is told at once, not after an operation in progress: a swap waiting for its barrier gets
+    /// it from the stop's last checkpoint.
     pub async fn stop(&self, name: &str, savepoint: bool) -> Result<Stopped, ServeError> {
         let managed = self.get(name)?;
-        let _op = managed.ops.lock().await;
-        let (task, run) = {
-            let mut inner = managed.inner();
+        let mut states = managed.states.subscribe();
+        let (run, before) = managed.update(|inner| {
             if !inner.state.is_active() {
                 return Err(ServeError::Conflict(format!(
                     "pipeline `{name}` is not running (it is {})",
@@ -461,6 +517,7 @@ impl Supervisor {
                 )));
             }
             let run = inner.run.clone();
+            let before = run.as_ref().and_then(|r| r.metrics.last_savepoint());
             // Asked before the stop, so the last barrier finds it.
             if savepoint && let Some(run) = &run {
                 run.control.keep_savepoint_on_stop();
@@ -471,38 +528,46 @@ impl Supervisor {
             if inner.state == State::Running {
                 inner.state = State::Stopping;
             }
-            (inner.task.take(), run)
-        };
-        let before = run.as_ref().and_then(|r| r.metrics.last_savepoint());
-        if let Some(task) = task {
-            task.await.map_err(internal)?;
-        }
-        let state = managed.state();
-        let kept = match run.and_then(|r| r.metrics.last_savepoint()) {
-            Some(id) if savepoint && Some(id) != before => {
-                let store = managed.shape()?.store(name)?;
-                Some(view::SavepointView::of(
-                    store.savepoint(id).await.map_err(external)?,
-                ))
+            Ok((run, before))
+        })?;
+        let state = *states
+            .wait_for(|s| !s.is_active())
+            .await
+            .map_err(internal)?;
+        let kept = match run.as_ref().map(|r| &r.metrics) {
+            Some(metrics) if savepoint => match metrics.last_savepoint() {
+                Some(id) if Some(id) != before => {
+                    let store = managed.shape()?.store(name)?;
+                    view::SavepointView::of(store.savepoint(id).await.map_err(external)?)
+                }
+                _ => {
+                    let why = metrics.savepoint_error().unwrap_or_else(|| {
+                        "the run ended before its last checkpoint (see its exceptions)".into()
+                    });
+                    return Err(ServeError::External {
+                        message: format!(
+                            "pipeline `{name}` is {}, but its last checkpoint is not a savepoint: {why}",
+                            view::state_name(state)
+                        ),
+                        retryable: false,
+                    });
+                }
+            },
+            _ => {
+                return Ok(Stopped {
+                    state,
+                    savepoint: None,
+                });
             }
-            _ if savepoint => {
-                return Err(ServeError::External(format!(
-                    "pipeline `{name}` stopped ({}), but its last checkpoint was not kept as a savepoint: see its exceptions",
-                    view::state_name(state)
-                )));
-            }
-            _ => None,
         };
-        if let Some(sp) = &kept {
-            managed.history.record(
-                "savepoint",
-                format!("savepoint {} kept at the stop", sp.id),
-                serde_json::json!({"savepoint": sp.id}),
-            );
-        }
+        managed.history.record(
+            "savepoint",
+            format!("savepoint {} kept at the stop", kept.id),
+            serde_json::json!({"savepoint": kept.id}),
+        );
         Ok(Stopped {
             state,
-            savepoint: kept,
+            savepoint: Some(kept),
         })
     }
 
@@ -530,14 +595,17 @@ impl Supervisor {
         Ok(())
     }
 
-    /// Stops every pipeline, for the server's own shutdown.
+    /// Stops every pipeline at once, for the server's own shutdown.
     pub async fn stop_all(&self) {
-        for managed in self.all() {
-            if managed.state().is_active()
-                && let Err(e) = self.stop(&managed.name, false).await
-            {
-                tracing::warn!(pipeline = managed.name, "stopping: {e}");
-            }
-        }
+        let all = self.all();
+        let stops = all
+            .iter()
+            .filter(|m| m.state().is_active())
+            .map(|m| async move {
+                if let Err(e) = self.stop(&m.name, false).await {
+                    tracing::warn!(pipeline = m.name, "stopping: {e}");
+                }
+            });
+        futures::future::join_all(stops).await;
     }
 }

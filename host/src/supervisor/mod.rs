@@ -29,7 +29,7 @@ use std::{
 };
 
 use serde::Serialize;
-use tokio::{sync::watch, task::JoinHandle};
+use tokio::sync::watch;
 
 use crate::{
     checkpoint::ManifestStore,
@@ -61,8 +61,13 @@ pub enum ServeError {
     #[error("{0}")]
     Refused(String),
     /// A service the server needs (the checkpoint store) failed.
-    #[error("{0}")]
-    External(String),
+    #[error("{message}")]
+    External {
+        /// What failed.
+        message: String,
+        /// Whether the same request may succeed later.
+        retryable: bool,
+    },
     /// A bug in Weir.
     #[error("{0}")]
     Internal(String),
@@ -86,7 +91,16 @@ fn internal(e: impl std::fmt::Display) -> ServeError {
 }
 
 fn external(e: impl std::fmt::Display) -> ServeError {
-    ServeError::External(e.to_string())
+    ServeError::External {
+        message: e.to_string(),
+        retryable: true,
+    }
+}
+
+impl From<crate::plugin::SwapError> for ServeError {
+    fn from(e: crate::plugin::SwapError) -> ServeError {
+        ServeError::Refused(e.to_string())
+    }
 }
 
 /// When a failed pipeline is started again.
@@ -132,6 +146,8 @@ pub struct Settings {
     pub data_dir: PathBuf,
     /// Restarts after failures.
     pub restart: RestartPolicy,
+    /// Largest plugin a swap reads from a file on the server (uploads are limited by the API).
+    pub max_plugin_bytes: u64,
 }
 
 /// Where a pipeline is in its life.
@@ -155,6 +171,7 @@ pub enum State {
 }
 
 impl State {
+    /// Whether a task drives the pipeline: it runs, or is about to, or is on its way down.
     fn is_active(self) -> bool {
         matches!(
             self,
@@ -216,6 +233,8 @@ pub struct SinkShape {
     pub kind: &'static str,
     /// Its `input:` as written.
     pub input: String,
+    /// What it reads, resolved.
+    pub route: pipeline::Route,
 }
 
 impl Shape {
@@ -244,6 +263,7 @@ impl Shape {
                     name: s.name.clone(),
                     kind: s.kind.type_name(),
                     input: s.input.clone(),
+                    route: s.route,
                 })
                 .collect(),
             checkpoint: pipeline.checkpoint.clone(),
@@ -326,7 +346,9 @@ pub struct Managed {
     history: History,
     /// What changes as it lives; locked briefly, never across an await.
     inner: Mutex<Inner>,
-    /// One lifecycle change or swap at a time.
+    /// Its state as it changes, for those who wait for one (a stop waits for the end).
+    states: watch::Sender<State>,
+    /// One start, replacement, deletion or swap at a time.
     ops: tokio::sync::Mutex<()>,
 }
 
@@ -344,11 +366,11 @@ struct Inner {
     error: Option<String>,
     /// Problems of its file, when it did not load.
     problems: Option<SpecErrors>,
+    /// Runs that failed at a checkpoint (storing or committing it), over its life here.
+    checkpoint_failures: u64,
     run: Option<Run>,
     shape: Option<Arc<Shape>>,
-    /// The task driving it, while it is active.
-    task: Option<JoinHandle<()>>,
-    /// Tells the task to stop.
+    /// Tells the task that drives it to stop.
     stop: Option<watch::Sender<bool>>,
     exceptions: VecDeque<Exception>,
     rates: Rates,
@@ -363,6 +385,7 @@ impl Managed {
             name,
             file,
             history,
+            states: watch::Sender::new(State::Stopped),
             inner: Mutex::new(Inner {
                 state: State::Stopped,
                 started_ms: None,
@@ -371,9 +394,9 @@ impl Managed {
                 next_restart_ms: None,
                 error: None,
                 problems: None,
+                checkpoint_failures: 0,
                 run: None,
                 shape: None,
-                task: None,
                 stop: None,
                 exceptions: VecDeque::new(),
                 rates: Rates::default(),
@@ -385,6 +408,14 @@ impl Managed {
 
     fn inner(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Changes what is known of it with `f`, and tells those who wait on its state.
+    fn update<R>(&self, f: impl FnOnce(&mut Inner) -> R) -> R {
+        let mut inner = self.inner();
+        let out = f(&mut inner);
+        self.states.send_replace(inner.state);
+        out
     }
 
     /// Its name.
@@ -412,13 +443,9 @@ impl Managed {
         self.inner().restarts
     }
 
-    /// Runs that failed at a checkpoint (storing or committing it), of the failures kept.
+    /// Runs that failed at a checkpoint (storing or committing it).
     pub fn checkpoint_failures(&self) -> u64 {
-        self.inner()
-            .exceptions
-            .iter()
-            .filter(|e| e.message.starts_with("checkpoint"))
-            .count() as u64
+        self.inner().checkpoint_failures
     }
 
     /// The counters of its current (or last) run.
@@ -447,10 +474,6 @@ impl Managed {
                 self.name
             ))
         })
-    }
-
-    fn set_state(&self, state: State) {
-        self.inner().state = state;
     }
 
     fn save_versions(&self, versions: &BTreeMap<String, StageVersions>) {
@@ -574,12 +597,21 @@ impl Supervisor {
             .collect();
         files.sort();
         for file in &files {
-            let name = pipeline::parse(file)
-                .map(|spec| spec.name.value)
-                .unwrap_or_else(|_| {
-                    file.file_stem()
-                        .map_or_else(String::new, |s| s.to_string_lossy().into_owned())
-                });
+            // The name names folders of the server's: only a valid one is taken as it is.
+            let stem = file
+                .file_stem()
+                .map_or_else(String::new, |s| s.to_string_lossy().into_owned());
+            let name = match pipeline::parse(file) {
+                Ok(spec) if pipeline::valid_name(&spec.name.value) => spec.name.value,
+                _ if pipeline::valid_name(&stem) => stem,
+                _ => {
+                    tracing::error!(
+                        file = %file.display(),
+                        "neither the file's pipeline name nor its file name is a valid name (letters, digits, `-` and `_`); it is not started"
+                    );
+                    continue;
+                }
+            };
             let managed = Arc::new(Managed::new(
                 name.clone(),
                 file.clone(),

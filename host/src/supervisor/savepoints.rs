@@ -44,7 +44,10 @@ impl Supervisor {
             ControlError::NotRunning => {
                 ServeError::Conflict(format!("pipeline `{name}` stopped before the savepoint"))
             }
-            ControlError::Failed(e) => ServeError::External(e),
+            ControlError::Failed(message) => ServeError::External {
+                message,
+                retryable: true,
+            },
         })?;
         managed.history.record(
             "savepoint",

@@ -1,13 +1,13 @@
 //! Plugin versions: uploads, hot swaps at a checkpoint barrier, and rollbacks.
 
-use std::time::Instant;
+use std::{path::PathBuf, time::Instant};
 
 use super::{
     Managed, PluginSource, ServeError, Supervisor, Swap, Versions, history::PluginRef, internal,
     no_stage, short, store::StoredPlugin,
 };
 use crate::{
-    plugin::{StageRunner, now_ms},
+    plugin::{StageRunner, now_ms, same_outputs},
     runtime::ControlError,
 };
 
@@ -15,12 +15,40 @@ impl Supervisor {
     /// Checks and keeps an uploaded plugin (a component of the right world), without using it.
     pub async fn upload(&self, name: String, bytes: Vec<u8>) -> Result<StoredPlugin, ServeError> {
         let host = self.host.clone();
-        let checked = bytes.clone();
         let display = name.clone();
-        tokio::task::spawn_blocking(move || host.load_bytes(&display, &checked, false))
-            .await
-            .map_err(internal)??;
+        let bytes = tokio::task::spawn_blocking(move || {
+            host.load_bytes(&display, &bytes, false).map(|_| bytes)
+        })
+        .await
+        .map_err(internal)??;
         Ok(self.plugins.put(&name, &bytes).map_err(internal)?.0)
+    }
+
+    /// The bytes of a plugin file on the server: a `.wasm` file no larger than the uploads
+    /// the API takes (so a path cannot make it read what is not a plugin, or without end);
+    /// relative paths start in the pipelines folder.
+    async fn read_plugin_file(&self, path: PathBuf) -> Result<(String, Vec<u8>), ServeError> {
+        let path = self.settings.pipelines_dir.join(path);
+        let refused = |why: String| ServeError::BadRequest(format!("{}: {why}", path.display()));
+        if path.extension().is_none_or(|e| e != "wasm") {
+            return Err(refused("a plugin file's name ends in `.wasm`".into()));
+        }
+        let meta = std::fs::metadata(&path).map_err(|e| refused(e.to_string()))?;
+        if !meta.is_file() || meta.len() > self.settings.max_plugin_bytes {
+            return Err(refused(format!(
+                "not a file of at most {} bytes",
+                self.settings.max_plugin_bytes
+            )));
+        }
+        let name = path
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        let read = path.clone();
+        let bytes = tokio::task::spawn_blocking(move || std::fs::read(read))
+            .await
+            .map_err(internal)?
+            .map_err(|e| refused(e.to_string()))?;
+        Ok((name, bytes))
     }
 
     /// A stage's plugin versions.
@@ -109,19 +137,13 @@ impl Supervisor {
                 let (stored, path) = self.plugins.get(&sha).ok_or_else(|| {
                     ServeError::NotFound(format!("there is no uploaded plugin with sha256 {sha}"))
                 })?;
-                (stored.name, std::fs::read(&path).map_err(internal)?)
+                let bytes = tokio::task::spawn_blocking(move || std::fs::read(path))
+                    .await
+                    .map_err(internal)?
+                    .map_err(internal)?;
+                (stored.name, bytes)
             }
-            PluginSource::Path(path) => {
-                let path = self.settings.pipelines_dir.join(path);
-                let bytes = std::fs::read(&path).map_err(|e| {
-                    ServeError::NotFound(format!("cannot read {}: {e}", path.display()))
-                })?;
-                let name = path.file_name().map_or_else(
-                    || path.display().to_string(),
-                    |n| n.to_string_lossy().into(),
-                );
-                (name, bytes)
-            }
+            PluginSource::Path(path) => self.read_plugin_file(path).await?,
         };
         let sha256 = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
         let from = {
@@ -155,19 +177,14 @@ impl Supervisor {
         .await
         .map_err(internal)?;
         let (runner, bytes) = runner?;
+        same_outputs(stage, &target.outputs, runner.outputs())?;
+        // Kept only once it passed every check: the store holds versions that can run here.
         let (stored, _) = self.plugins.put(&upload, &bytes).map_err(internal)?;
-        if runner.outputs() != target.outputs.as_slice() {
-            return Err(ServeError::Refused(format!(
-                "the new version of stage `{stage}` declares the outputs [{}], but the running one has [{}], which the pipeline wires to its sinks",
-                runner.outputs().join(", "),
-                target.outputs.join(", ")
-            )));
-        }
         let compile_ms = started.elapsed().as_millis() as u64;
         let swapped = run.control.swap(index, runner).await.map_err(|e| match e {
-            ControlError::NotRunning => {
-                ServeError::Conflict(format!("pipeline `{name}` stopped before the swap"))
-            }
+            ControlError::NotRunning => ServeError::Conflict(format!(
+                "pipeline `{name}` stopped or failed before the checkpoint of the swap committed; it goes on with the version before"
+            )),
             ControlError::Failed(e) => ServeError::Refused(e),
         })?;
         let at_ms = now_ms();

@@ -9,6 +9,7 @@ use serde::Serialize;
 use super::{Managed, State, history::PluginRef};
 use crate::{
     checkpoint::{Manifest, Offset, Savepoint},
+    pipeline::Route,
     runtime::progress::LastCheckpoint,
 };
 
@@ -345,7 +346,7 @@ impl Managed {
                 let versions = inner.versions.get(&s.name);
                 StageView {
                     name: s.name.clone(),
-                    plugin: versions.and_then(|v| v.current.clone()),
+                    plugin: running(&f, versions),
                     previous: versions.and_then(|v| v.previous.clone()),
                     outputs: s.outputs.clone(),
                     records_in: f.records_in,
@@ -408,6 +409,29 @@ impl Managed {
     }
 }
 
+/// The plugin a stage runs, as its thread reports it (between a swap's barrier and its
+/// commit, that is the new version already), named as the versions name it.
+fn running(
+    figures: &crate::runtime::progress::StageFigures,
+    versions: Option<&super::history::StageVersions>,
+) -> Option<PluginRef> {
+    let known = versions.into_iter().flat_map(|v| [&v.current, &v.previous]);
+    let mut known = known.flatten();
+    if figures.plugin.is_empty() {
+        return versions.and_then(|v| v.current.clone());
+    }
+    Some(
+        known
+            .find(|p| *p.sha256 == *figures.plugin)
+            .cloned()
+            .unwrap_or_else(|| PluginRef {
+                sha256: figures.plugin.to_string(),
+                name: super::short(&figures.plugin).to_string(),
+                since_ms: crate::plugin::now_ms(),
+            }),
+    )
+}
+
 /// Two decimals are plenty for a rate.
 fn round(rate: f64) -> f64 {
     (rate * 100.0).round() / 100.0
@@ -436,7 +460,7 @@ fn graph(shape: &super::Shape) -> Graph {
         });
         previous = id;
     }
-    if shape.sinks.iter().any(|s| s.input == "dlq") {
+    if shape.sinks.iter().any(|s| s.route == Route::Dlq) {
         g.nodes.push(Node {
             id: "dlq".into(),
             kind: "dlq",
@@ -450,12 +474,18 @@ fn graph(shape: &super::Shape) -> Graph {
             kind: "sink",
             label: format!("{} ({})", s.name, s.kind),
         });
-        let (from, label) = match s.input.as_str() {
-            "source" | "dlq" => (s.input.clone(), String::new()),
-            input => match input.split_once('.') {
-                Some((stage, output)) => (format!("stage:{stage}"), output.to_string()),
-                None => (format!("stage:{input}"), String::new()),
-            },
+        let (from, label) = match s.route {
+            Route::Source => ("source".to_string(), String::new()),
+            Route::Dlq => ("dlq".to_string(), String::new()),
+            Route::Stage { stage, output } => {
+                let stage = &shape.stages[stage];
+                let output = output
+                    .checked_sub(1)
+                    .and_then(|n| stage.outputs.get(n as usize))
+                    .cloned()
+                    .unwrap_or_default();
+                (format!("stage:{}", stage.name), output)
+            }
         };
         g.edges.push(Edge {
             from,
