@@ -545,6 +545,8 @@ fn the_api_holds_to_its_openapi_document_under_generated_requests() {
             "--max-time",
             "60",
         ])
+        // Whatever it keeps between runs (a crash cache) goes to the test's folder.
+        .current_dir(dir.path())
         .env("PYTHONPATH", support::repo().join("tests"))
         .env("SCHEMATHESIS_HOOKS", "schemathesis_hooks")
         .output()
