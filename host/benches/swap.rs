@@ -88,15 +88,21 @@ fn mode(swaps: bool) {
         .unwrap();
     let (pauses, prepares, elapsed) = rt.block_on(async {
         let started = Instant::now();
-        let run = tokio::spawn(runtime::run(
-            pipeline,
-            std::future::pending(),
-            RunOptions {
-                progress: false,
-                metrics: Some(metrics.clone()),
-                control: Some(controls),
-            },
-        ));
+        // The run's own end is the clock's, not the swap loop's next wake-up.
+        let run_metrics = metrics.clone();
+        let run = tokio::spawn(async move {
+            let ran = runtime::run(
+                pipeline,
+                std::future::pending(),
+                RunOptions {
+                    progress: false,
+                    metrics: Some(run_metrics),
+                    control: Some(controls),
+                },
+            )
+            .await;
+            (ran, started.elapsed())
+        });
         let (mut pauses, mut prepares) = (Vec::new(), Vec::new());
         let mut next = 1;
         while !run.is_finished() {
@@ -126,8 +132,9 @@ fn mode(swaps: bool) {
             }
             next = 1 - next;
         }
-        run.await.unwrap().unwrap();
-        (pauses, prepares, started.elapsed())
+        let (ran, elapsed) = run.await.unwrap();
+        ran.unwrap();
+        (pauses, prepares, elapsed)
     });
     let mut pauses = pauses;
     pauses.sort();
