@@ -11,7 +11,7 @@ use std::{
 };
 
 use serde_json::{Value, json};
-use support::serve::{Reply, Server, records_in, running_ohlc, sha256};
+use support::serve::{Reply, Server, enrich_pipeline, records_in, running_ohlc, sha256};
 
 #[test]
 fn refused_plugins_leave_the_running_pipeline_untouched() {
@@ -143,26 +143,7 @@ fn refused_plugins_leave_the_running_pipeline_untouched() {
 
     // A version whose named outputs differ from what the pipeline wires is refused too.
     let dir2 = tempfile::tempdir().unwrap();
-    server.submit(&format!(
-        "version: 1
-name: pass
-source:
-  generator: {{ count: 100000000, rate_per_sec: 1000 }}
-stages:
-  - name: enrich
-    plugin: {}
-sinks:
-  - name: out
-    input: enrich
-    blackhole: {{}}
-  - name: dead
-    input: dlq
-    blackhole: {{}}
-checkpoint: {{ store: {dir}/checkpoints, state_dir: {dir}/state }}
-",
-        support::plugin("enrich").display(),
-        dir = dir2.path().display()
-    ));
+    server.submit(&enrich_pipeline(dir2.path(), "pass", 1000));
     server.wait_state("pass", "running", 60);
     let (status, body) = server.send(
         "PUT",

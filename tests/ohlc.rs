@@ -14,8 +14,8 @@ use std::{
 
 use serde_json::Value;
 use support::ohlc::{
-    Bars, DISORDER_MS, EVENTS_PER_SEC, LATE_BY_MS, LATE_EVERY, SEED, START_MS, assert_bars,
-    bar_key, late_ids, reference, scan, trades_file,
+    BAR_COLUMNS, Bars, DISORDER_MS, EVENTS_PER_SEC, LATE_BY_MS, LATE_EVERY, SEED, START_MS,
+    assert_bars, bar_key, late_ids, reference, scan, trades_file,
 };
 
 /// The pipeline: generator → ohlc (1m and 5m) → Iceberg bars, late trades to their own table.
@@ -55,18 +55,7 @@ sinks:
       catalog: {{ type: sql, uri: sqlite:catalog.db, warehouse: warehouse }}
       table: market.bars
       schema: &bar
-        - {{ name: symbol, type: string, nullable: false }}
-        - {{ name: window, type: string, nullable: false }}
-        - {{ name: window_start, type: int64, nullable: false }}
-        - {{ name: window_end, type: int64, nullable: false }}
-        - {{ name: open, type: float64 }}
-        - {{ name: high, type: float64 }}
-        - {{ name: low, type: float64 }}
-        - {{ name: close, type: float64 }}
-        - {{ name: volume, type: float64 }}
-        - {{ name: trades, type: int64 }}
-        - {{ name: vwap, type: float64 }}
-  - name: bars-postgres
+{BAR_COLUMNS}  - name: bars-postgres
     input: ohlc
     postgres:
       url: postgres://postgres@127.0.0.1:5432/test

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use support::{
     ohlc::{assert_bars, late_ids, reference, scan, served_pipeline, trades_file},
-    serve::{Server, records_in, sha256},
+    serve::{Server, enrich_pipeline, records_in, sha256},
 };
 
 /// The versions that closed the bars, in the order the windows closed, each run of equal
@@ -211,26 +211,7 @@ fn a_long_compile_never_stalls_the_running_pipeline() {
     let dir = tempfile::tempdir().unwrap();
     // No artifact cache: the Python plugin is compiled from nothing while records flow.
     let server = Server::start(dir.path(), &["--no-cache"]);
-    server.submit(&format!(
-        "version: 1
-name: enrich
-source:
-  generator: {{ count: 100000000, rate_per_sec: 20000 }}
-stages:
-  - name: enrich
-    plugin: {}
-sinks:
-  - name: out
-    input: enrich
-    blackhole: {{}}
-  - name: dead
-    input: dlq
-    blackhole: {{}}
-checkpoint: {{ store: {dir}/checkpoints, state_dir: {dir}/state }}
-",
-        support::plugin("enrich").display(),
-        dir = dir.path().display()
-    ));
+    server.submit(&enrich_pipeline(dir.path(), "enrich", 20_000));
     server.wait_for("enrich", 60, |d| records_in(d) > 0);
     let python = support::plugin("enrich-python");
     let swap = std::thread::scope(|s| {

@@ -138,7 +138,12 @@ impl ManifestStore {
 
     /// Checkpoint ids with a manifest, oldest first.
     pub async fn ids(&self) -> Result<Vec<u64>, StoreError> {
-        let objects = storage::list(self.location.store.as_ref(), Some(&self.folder))
+        self.numbered(&self.folder, "chk-").await
+    }
+
+    /// The numbers of the `PREFIX<n>.json` objects in `folder`, in order.
+    async fn numbered(&self, folder: &ObjectPath, prefix: &str) -> Result<Vec<u64>, StoreError> {
+        let objects = storage::list(self.location.store.as_ref(), Some(folder))
             .await
             .map_err(|e| self.error(e))?;
         let mut ids: Vec<u64> = objects
@@ -146,7 +151,7 @@ impl ManifestStore {
             .filter_map(|o| {
                 o.location
                     .filename()?
-                    .strip_prefix("chk-")?
+                    .strip_prefix(prefix)?
                     .strip_suffix(".json")?
                     .parse()
                     .ok()
@@ -255,21 +260,7 @@ impl ManifestStore {
 
     /// Every savepoint, oldest first.
     pub async fn savepoints(&self) -> Result<Vec<Savepoint>, StoreError> {
-        let objects = storage::list(self.location.store.as_ref(), Some(&self.savepoint_folder))
-            .await
-            .map_err(|e| self.error(e))?;
-        let mut ids: Vec<u64> = objects
-            .iter()
-            .filter_map(|o| {
-                o.location
-                    .filename()?
-                    .strip_prefix("sp-")?
-                    .strip_suffix(".json")?
-                    .parse()
-                    .ok()
-            })
-            .collect();
-        ids.sort_unstable();
+        let ids = self.numbered(&self.savepoint_folder, "sp-").await?;
         let mut savepoints = Vec::with_capacity(ids.len());
         for id in ids {
             savepoints.push(self.savepoint(id).await?);

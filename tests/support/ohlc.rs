@@ -184,18 +184,7 @@ sinks:
       catalog: {{ type: sql, uri: \"sqlite:{dir}/catalog.db\", warehouse: {dir}/warehouse }}
       table: market.bars
       schema:
-        - {{ name: symbol, type: string, nullable: false }}
-        - {{ name: window, type: string, nullable: false }}
-        - {{ name: window_start, type: int64, nullable: false }}
-        - {{ name: window_end, type: int64, nullable: false }}
-        - {{ name: open, type: float64 }}
-        - {{ name: high, type: float64 }}
-        - {{ name: low, type: float64 }}
-        - {{ name: close, type: float64 }}
-        - {{ name: volume, type: float64 }}
-        - {{ name: trades, type: int64 }}
-        - {{ name: vwap, type: float64 }}
-        - {{ name: range, type: float64 }}
+{BAR_COLUMNS}        - {{ name: range, type: float64 }}
         - {{ name: plugin, type: string, meta: plugin }}
   - name: late
     input: ohlc.late
@@ -216,3 +205,17 @@ checkpoint:
         plugin = super::plugin(plugin).display(),
     )
 }
+
+/// The columns of a bar as a sink's `schema:` lists them, one per line, indented for it.
+pub const BAR_COLUMNS: &str = "        - { name: symbol, type: string, nullable: false }
+        - { name: window, type: string, nullable: false }
+        - { name: window_start, type: int64, nullable: false }
+        - { name: window_end, type: int64, nullable: false }
+        - { name: open, type: float64 }
+        - { name: high, type: float64 }
+        - { name: low, type: float64 }
+        - { name: close, type: float64 }
+        - { name: volume, type: float64 }
+        - { name: trades, type: int64 }
+        - { name: vwap, type: float64 }
+";

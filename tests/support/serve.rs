@@ -263,3 +263,28 @@ pub fn running_ohlc(dir: &Path, args: &[&str]) -> Server {
     });
     server
 }
+
+/// A pipeline `name` of records generated at `rate` a second (without end, in practice)
+/// through the Rust `enrich` plugin into a null sink, its checkpoints and state in `dir`.
+pub fn enrich_pipeline(dir: &Path, name: &str, rate: u64) -> String {
+    format!(
+        "version: 1
+name: {name}
+source:
+  generator: {{ count: 100000000, rate_per_sec: {rate} }}
+stages:
+  - name: enrich
+    plugin: {}
+sinks:
+  - name: out
+    input: enrich
+    blackhole: {{}}
+  - name: dead
+    input: dlq
+    blackhole: {{}}
+checkpoint: {{ store: {dir}/checkpoints, state_dir: {dir}/state }}
+",
+        super::plugin("enrich").display(),
+        dir = dir.display()
+    )
+}
