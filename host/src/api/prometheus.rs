@@ -221,7 +221,7 @@ pub fn render(supervisor: &Supervisor) -> String {
             "gauge",
             "Bytes the newest checkpoint committed",
         ),
-        |p| run(p).map(|m| m.last_checkpoint_bytes() as f64),
+        |p| run(p).map(|m| m.last_checkpoint().map_or(0, |c| c.bytes) as f64),
     );
     per_pipeline(
         &mut out,

@@ -500,16 +500,10 @@ impl StageRunner {
         Ok(runner)
     }
 
-    /// A runner of the same stage, with the same config and limits, running `plugin` (a new
-    /// version): instantiated and initialised, but holding no state until it is swapped in.
-    pub fn next_version(&self, plugin: Plugin) -> Result<StageRunner, PluginError> {
-        StageRunner::start(&self.name, plugin, self.config.clone(), self.limits.clone())
-    }
-
-    /// Puts `next` (from [`StageRunner::next_version`]) in this runner's place, handing it the
-    /// stage's keyed state and timers, with the changes since the last checkpoint; returns the
-    /// runner it replaced, to be dropped off the hot path. Costs no copy of the state: it lives
-    /// in the host, and moves as it is.
+    /// Puts `next` (a runner of the same stage, started with [`StageRunner::start`]) in this
+    /// runner's place, handing it the stage's keyed state and timers, with the changes since
+    /// the last checkpoint; returns the runner it replaced, to be dropped off the hot path.
+    /// Costs no copy of the state: it lives in the host, and moves as it is.
     pub fn swap(&mut self, mut next: StageRunner) -> Result<StageRunner, SwapError> {
         if next.name != self.name {
             return Err(SwapError::Stage {

@@ -135,7 +135,7 @@ impl Control {
             .map_err(ControlError::Failed)
     }
 
-    /// Swaps stage `stage` to `runner` (see [`StageRunner::next_version`]) at a checkpoint
+    /// Swaps stage `stage` to `runner` (started with [`StageRunner::start`] with the stage's config and limits) at a checkpoint
     /// barrier taken at once; returns once that checkpoint has committed. A run that fails
     /// before then recovers from the checkpoint before, with the version before: the swap did
     /// not happen, and this says so.

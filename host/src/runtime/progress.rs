@@ -321,11 +321,6 @@ impl Metrics {
         &self.checkpoint_durations
     }
 
-    /// Bytes the newest checkpoint committed.
-    pub fn last_checkpoint_bytes(&self) -> u64 {
-        lock(&self.last_checkpoint).as_ref().map_or(0, |c| c.bytes)
-    }
-
     /// Entry-to-visible latencies.
     pub fn latency(&self) -> &Histogram {
         &self.latency
@@ -428,11 +423,8 @@ impl Metrics {
             ),
             checkpoints: self.checkpoints.load(Relaxed),
             checkpoint_times: {
-                let n = self.checkpoints.load(Relaxed).max(1);
-                (
-                    Duration::from_millis(self.checkpoint_ms.load(Relaxed) / n),
-                    Duration::from_millis(self.checkpoint_max_ms.load(Relaxed)),
-                )
+                let (_, mean, max) = self.checkpoint_figures();
+                (mean, max)
             },
             committed: (
                 self.checkpoint_files.load(Relaxed),

@@ -2,12 +2,7 @@
 //! `DATA_DIR/pipelines/<name>/`: the event log (`events.jsonl`, appended) and the plugin
 //! versions of its stages (`versions.json`, replaced whole).
 
-use std::{
-    collections::BTreeMap,
-    fs,
-    io::Write as _,
-    path::{Path, PathBuf},
-};
+use std::{collections::BTreeMap, fs, io::Write as _, path::PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -98,11 +93,6 @@ impl History {
     /// The history in `dir` (created when first written).
     pub fn open(dir: PathBuf) -> History {
         History { dir }
-    }
-
-    /// The folder.
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 
     /// Appends an event; a failure to write it is logged, not raised: the log is a record of
